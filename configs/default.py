@@ -1,0 +1,71 @@
+"""Shared defaults for every jaxpure config (NCSNv2 / ADP values of DESIGN §1).
+
+Data-set configs (`digits.py`, `mnist.py`, `cifar10.py`) start from `get_config()` here
+and change only what differs. Pixels are in [0, 1] everywhere.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: TFDS name, read through tfds.data_source (array_record).
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "cifar10"
+  data.data_dir = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  data.image_size = 32
+  data.channels = 3
+  data.num_classes = 10
+  data.random_flip = True  # horizontal flip in training, as NCSNv2 does for CIFAR-10
+
+  # Score network trained by annealed DSM (power 2); s(x, sigma) = h(x) / sigma.
+  config.score = score = ml_collections.ConfigDict()
+  score.model = "ncsnv2"
+  score.head = "score"  # "score": h has the image's shape; "energy": h = -grad_x E(x)
+  score.ngf = 128
+  score.sigma_max = 50.0
+  score.sigma_min = 0.01
+  score.num_sigmas = 232
+  score.batch_size = 128
+  score.num_steps = 300_000
+  score.lr = 1e-4
+  score.beta1 = 0.9
+  score.beta2 = 0.999
+  score.eps = 1e-8
+  score.weight_decay = 0.0
+  score.grad_clip = 1.0  # global-norm clipping as in NCSNv2's optimizer; 0 disables
+  score.ema_rate = 0.999
+  score.ema_debias = True  # debiased EMA: no weight left on the random initialisation
+  score.log_every = 100
+  score.checkpoint_every = 5000
+  score.keep_checkpoints = 3
+
+  # Classifier trained by cross-entropy (the classifier the purifier protects).
+  config.classifier = clf = ml_collections.ConfigDict()
+  clf.model = "wrn"
+  clf.depth = 28
+  clf.width = 10
+  clf.batch_size = 128
+  clf.num_steps = 80_000
+  clf.lr = 0.1
+  clf.optimizer = "sgd"  # "sgd" (momentum 0.9, nesterov, cosine decay) or "adam"
+  clf.momentum = 0.9
+  clf.weight_decay = 5e-4
+  clf.grad_clip = 0.0
+  clf.ema_rate = 0.999
+  clf.ema_debias = True
+  clf.log_every = 100
+  clf.checkpoint_every = 5000
+  clf.keep_checkpoints = 3
+
+  # Pictures and summary written at the end of training.
+  config.report = report = ml_collections.ConfigDict()
+  report.denoise_sigma = 0.25  # sigma of the one-step (Tweedie) denoising grid and PSNR gain
+  report.eval_batch_size = 500
+  report.num_grid_images = 16
+  report.num_samples = 16  # annealed Langevin samples for the sample grid
+  report.sampling_steps_each = 5
+  report.sampling_step_lr = 6.2e-6  # NCSNv2 CIFAR-10 value (alpha_i = lr * sigma_i^2 / sigma_L^2)
+  return config

@@ -1,0 +1,179 @@
+"""TrainState with an EMA of the parameters, the data-parallel train step, and the loop.
+
+The step is one `jax.jit` over a 1-D `data` mesh: the batch is sharded on its leading axis,
+the state is replicated and donated, and the step's PRNG key is `fold_in(key, state.step)`,
+so a run's randomness depends only on (key, step) — resumed runs are bit-exact.
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxpure import parallel
+from jaxpure.errors import NonFiniteLossError
+
+# loss_fn(params, model_state, batch, key) -> (loss, (new_model_state, metrics dict))
+LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """Optimizer and EMA settings of one model (read from the config by the entry point)."""
+  kind: str = "adam"  # "adam" (NCSNv2) or "sgd" (momentum, nesterov, cosine decay)
+  lr: float = 1e-4
+  beta1: float = 0.9
+  beta2: float = 0.999
+  eps: float = 1e-8
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  grad_clip: float = 0.0  # max global gradient norm; 0 disables
+  num_steps: int = 1  # length of the cosine schedule (sgd)
+  ema_rate: float = 0.999
+  ema_debias: bool = True
+
+
+def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
+  """The optax chain: [clip by global norm] -> adam(w) or sgd with cosine-decayed lr."""
+  parts = [optax.clip_by_global_norm(s.grad_clip)] if s.grad_clip > 0 else []
+  if s.kind == "adam":
+    if s.weight_decay > 0:
+      parts.append(optax.adamw(s.lr, s.beta1, s.beta2, s.eps, weight_decay=s.weight_decay))
+    else:
+      parts.append(optax.adam(s.lr, s.beta1, s.beta2, s.eps))
+  elif s.kind == "sgd":
+    if s.weight_decay > 0:
+      parts.append(optax.add_decayed_weights(s.weight_decay))
+    schedule = optax.cosine_decay_schedule(s.lr, max(s.num_steps, 1))
+    parts.append(optax.sgd(schedule, momentum=s.momentum, nesterov=True))
+  else:
+    raise ValueError(f"unknown optimizer {s.kind!r}; expected 'adam' or 'sgd'")
+  return optax.chain(*parts)
+
+
+def make_ema(s: OptimizerSettings) -> optax.GradientTransformation:
+  """EMA of the parameters (optax.ema applied to the parameters themselves)."""
+  return optax.ema(s.ema_rate, debias=s.ema_debias)
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """step: int32 scalar; params; model_state (e.g. batch_stats, or {}); optimizer and EMA state.
+
+  `ema_params` are the parameters used to purify/evaluate.
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  ema_params: Any
+  ema_state: Any
+
+
+def init_state(params, model_state, optimizer, ema) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=optimizer.init(params), ema_params=params,
+                    ema_state=ema.init(params))
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(loss_fn: LossFn, optimizer, ema, mesh):
+  """Jitted `step(state, batch, key) -> (state, metrics)` over `mesh`, state donated.
+
+  batch: pytree of arrays with the global batch on the leading axis; key: the run's key (the
+  step folds in `state.step`). metrics: replicated scalars incl. `loss` and `finite`.
+  """
+
+  def step(state: TrainState, batch, key):
+    key = jax.random.fold_in(key, state.step)
+    (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params, ema_state = ema.update(params, state.ema_state)
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
+                   finite=jnp.isfinite(loss) & _all_finite(params))
+    new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
+                           opt_state=opt_state, ema_params=ema_params, ema_state=ema_state)
+    return new_state, metrics
+
+  rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=0)
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: TrainState
+  completed: bool  # False when should_stop() interrupted the loop (a checkpoint was saved)
+
+
+def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[int], Any],
+               key: jax.Array, num_steps: int, checkpointer, log_every: int,
+               log_metrics: Callable[[dict], None], should_stop: Callable[[], bool] = lambda: False,
+               print_fn: Callable[[str], None] = print) -> LoopResult:
+  """Runs `train_step` from `state.step` to `num_steps`, logging, checkpointing, stoppable.
+
+  Every `log_every` steps (and at the end) it writes a metrics dict (step, model, loss,
+  steps_per_sec, ...) through `log_metrics` and a progress line with ETA through `print_fn`.
+  Checkpoints follow the checkpointer's policy; a non-finite loss or parameters raises
+  NonFiniteLossError before anything non-finite is saved. When `should_stop()` turns true
+  the state is saved and the loop returns with completed=False.
+  """
+  step = int(state.step)
+  start_step, t_last, step_last = step, time.perf_counter(), step
+  t_start = t_last
+  while step < num_steps:
+    if should_stop():
+      if checkpointer.latest_step() != step:
+        checkpointer.save(step, state, force=True)
+      checkpointer.wait()
+      print_fn(f"[{model}] interrupted at step {step}; checkpoint saved, "
+               "run the same command again to resume")
+      return LoopResult(state, completed=False)
+    state, metrics = train_step(state, batches(step), key)
+    step += 1
+    is_log = step % log_every == 0 or step == num_steps
+    is_save = checkpointer.should_save(step) or step == num_steps
+    if is_log or is_save:
+      host = jax.device_get(metrics)
+      if not bool(host["finite"]):
+        checkpointer.wait()
+        raise NonFiniteLossError(
+            f"[{model}] non-finite loss or parameters at step {step} (loss={float(host['loss'])}); "
+            f"stopped, the last good checkpoint is kept at step {checkpointer.latest_step()}; "
+            "lower the learning rate or enable grad_clip")
+    if is_log:
+      now = time.perf_counter()
+      rate = (step - step_last) / max(now - t_last, 1e-9)
+      t_last, step_last = now, step
+      overall = (step - start_step) / max(now - t_start, 1e-9)
+      eta = (num_steps - step) / overall if overall > 0 else float("inf")
+      record = {"step": step, "model": model, "loss": float(host["loss"]),
+                "steps_per_sec": rate,
+                **{k: float(v) for k, v in host.items() if k not in ("loss", "finite")}}
+      log_metrics(record)
+      print_fn(f"[{model}] step {step}/{num_steps}  loss {record['loss']:.4f}  "
+               f"{rate:.2f} steps/s  ETA {format_duration(eta)}")
+    if is_save:
+      checkpointer.save(step, state, force=step == num_steps)
+  checkpointer.wait()
+  return LoopResult(state, completed=True)

@@ -1,0 +1,25 @@
+"""Test set-up: 8 fake CPU devices (multi-device code is tested on CPU) and a private TFDS dir.
+
+Both must be set before JAX / TFDS are imported, which is why they live here.
+"""
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "TFDS_DATA_DIR" not in os.environ:
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxpure_tfds_")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)  # `configs` is a top-level folder, not part of the package
+
+import jax  # noqa: E402  (after the environment above)
+
+# Tests build the same small networks many times; a persistent cache compiles each once.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("JAXPURE_TEST_CACHE") or tempfile.mkdtemp(prefix="jaxpure_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

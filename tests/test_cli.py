@@ -1,0 +1,137 @@
+"""train.py as a user runs it: outputs of a tiny run, SIGTERM, and one-line errors (exit 2)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [f"--config.{m}.{k}={v}" for m in ("score", "classifier") for k, v in (
+    ("batch_size", 16), ("num_steps", 4), ("log_every", 2), ("checkpoint_every", 2))] + [
+    "--config.score.ngf=4", "--config.classifier.width=8", "--config.report.num_samples=8",
+    "--config.report.sampling_steps_each=1"]
+
+
+def _env():
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  return env
+
+
+def run_train(*args, timeout=600):
+  return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir), *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_tiny_run_writes_every_output(trained_workdir):
+  workdir, proc = trained_workdir
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["model"], r["step"]) for r in records] == [
+      ("score", 2), ("score", 4), ("classifier", 2), ("classifier", 4)]
+  for r in records:
+    assert {"step", "model", "loss", "steps_per_sec"} <= set(r) and r["steps_per_sec"] > 0
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert 0 <= summary["classifier"]["test_accuracy"] <= 1
+  gain = summary["score"]["denoise_psnr_gain_db"]
+  assert gain == pytest.approx(summary["score"]["denoised_psnr_db"]
+                               - summary["score"]["noisy_psnr_db"])
+  assert summary["score"]["noisy_psnr_db"] == pytest.approx(12.04, abs=0.3)  # sigma 0.25
+  for png in ("denoising.png", "samples.png"):
+    assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["classifier", "score"]
+  assert "ETA" in proc.stdout and "[score] step 4/4" in proc.stdout
+
+
+def test_rerun_of_finished_run_resumes_without_training(trained_workdir):
+  workdir, _ = trained_workdir
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir), *TINY)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resumed from" in proc.stdout and "step 2/4" not in proc.stdout
+
+
+def test_checkpoint_of_another_model_is_one_line_error(trained_workdir):
+  workdir, _ = trained_workdir
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir),
+                   *TINY, "--config.score.ngf=8")
+  assert_one_line_error(proc, "another model", "ngf")
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  args = [sys.executable, "train.py", "--config", "configs/digits.py", "--workdir",
+          str(tmp_path), *TINY, "--config.score.num_steps=100000", "--models=score"]
+  proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  metrics = tmp_path / "metrics.jsonl"
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "interrupted at step" in out
+  steps = [int(d) for d in os.listdir(tmp_path / "checkpoints" / "score") if d.isdigit()]
+  assert steps and max(steps) >= 2
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("--config.score.nope=1", "nope"),
+    ("--config.score.num_steps=abc", "num_steps"),
+    ("--config.score.head=bogus", "head"),
+    ("--config.score.batch_size=12", "batch_size"),  # 12 does not split over 8 devices
+])
+def test_bad_config_is_one_line_error(override, fragment, tmp_path):
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(tmp_path), override)
+  assert_one_line_error(proc, fragment)
+
+
+def test_missing_config_file_is_one_line_error(tmp_path):
+  proc = run_train("--config", "configs/nope.py", "--workdir", str(tmp_path))
+  assert_one_line_error(proc, "nope.py")
+
+
+def test_unprepared_cifar10_says_how_to_prepare(tmp_path):
+  env_dir = tmp_path / "empty_tfds"
+  env_dir.mkdir()
+  proc = subprocess.run([sys.executable, "train.py", "--config", "configs/cifar10.py"],
+                        cwd=REPO, env=dict(_env(), TFDS_DATA_DIR=str(env_dir)),
+                        capture_output=True, text=True, timeout=300)
+  assert_one_line_error(proc, "cifar10", "prepare it with", "python -m jaxpure.datasets.prepare")
+
+
+def test_unwritable_workdir_is_one_line_error(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(blocker / "sub"), *TINY)
+  assert_one_line_error(proc, "cannot write to workdir")
+
+
+def test_nan_loss_is_one_line_error_and_keeps_good_checkpoint(trained_workdir, tmp_path):
+  proc = run_train("--config", "configs/digits.py", "--workdir", str(tmp_path), *TINY,
+                   "--models=score", "--config.score.lr=inf")
+  assert_one_line_error(proc, "non-finite")
+  assert not [d for d in os.listdir(tmp_path / "checkpoints" / "score") if d.isdigit()]

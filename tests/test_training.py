@@ -1,0 +1,168 @@
+"""Training: 8 devices equal 1, bit-exact resume, NaN handling, the debiased EMA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import digits
+from jaxpure import data, experiment, parallel, training
+from jaxpure.errors import CheckpointMismatchError, NonFiniteLossError
+
+
+def tiny_config(**score):
+  config = digits.get_config()
+  config.score.ngf = 4
+  config.score.batch_size = 16
+  config.score.num_steps = 6
+  config.score.log_every = 2
+  config.score.checkpoint_every = 2
+  config.classifier.width = 8
+  config.classifier.batch_size = 16
+  config.classifier.num_steps = 6
+  config.classifier.log_every = 2
+  config.classifier.checkpoint_every = 2
+  for k, v in score.items():
+    config.score[k] = v
+  return config
+
+
+@pytest.fixture(scope="module")
+def train_split():
+  return data.open_split("digits", "train")
+
+
+def _run_steps(kind, config, mesh, split, num_steps):
+  module = (experiment.score_module(config) if kind == "score"
+            else experiment.classifier_module(config))
+  key = jax.random.key(0)
+  state = experiment.init_train_state(kind, config, module, key, mesh)
+  settings = experiment.optimizer_settings(config[kind])
+  step = training.make_train_step(experiment._loss_fn(kind, config, module),
+                                  training.make_optimizer(settings), training.make_ema(settings),
+                                  mesh)
+  batches = data.TrainBatches(split, jax.random.key(1), config[kind].batch_size, mesh,
+                              random_flip=True)
+  for i in range(num_steps):
+    state, metrics = step(state, batches(i), key)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("kind,head", [("score", "score"), ("score", "energy"),
+                                       ("classifier", None)])
+def test_eight_devices_match_one(kind, head, train_split):
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  config = tiny_config(head=head or "score")
+  one, m1 = _run_steps(kind, config, parallel.make_mesh(jax.devices()[:1]), train_split, 3)
+  eight, m8 = _run_steps(kind, config, parallel.make_mesh(), train_split, 3)
+  assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               one.params, eight.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               one.ema_params, eight.ema_params)
+  # The steps did change the parameters (the comparison is not between two initialisations).
+  fresh = experiment.init_train_state(
+      kind, config, experiment.score_module(config) if kind == "score"
+      else experiment.classifier_module(config), jax.random.key(0), parallel.make_mesh())
+  moved = max(float(np.max(np.abs(a - b))) for a, b in
+              zip(jax.tree.leaves(one.params), jax.tree.leaves(jax.device_get(fresh.params))))
+  assert moved > 1e-4
+
+
+def test_train_step_shards_batch_and_replicates_state(train_split):
+  config = tiny_config()
+  mesh = parallel.make_mesh()
+  batches = data.TrainBatches(train_split, jax.random.key(1), 16, mesh, random_flip=False)
+  batch = batches(0)
+  assert batch["image"].sharding.is_equivalent_to(parallel.batch_sharding(mesh), 4)
+  assert len(batch["image"].addressable_shards) == 8
+  assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)
+  state = experiment.init_train_state("score", config, experiment.score_module(config),
+                                      jax.random.key(0), mesh)
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.is_fully_replicated
+
+
+def _interrupt_after(n):
+  calls = {"n": 0}
+
+  def should_stop():
+    calls["n"] += 1
+    return calls["n"] > n
+  return should_stop
+
+
+@pytest.mark.parametrize("kind", ["score", "classifier"])
+def test_resumed_run_is_bit_exact(kind, train_split, tmp_path):
+  config = tiny_config()
+  config[kind].checkpoint_every = 100  # the interruption alone must save what resume needs
+  mesh = parallel.make_mesh()
+  key = jax.random.key(5)
+  quiet = lambda s: None
+  full, done = experiment.train_model(kind, config, str(tmp_path / "a"), train_split, key, mesh,
+                                      should_stop=lambda: False, print_fn=quiet)
+  assert done and int(full.step) == 6
+  part, done = experiment.train_model(kind, config, str(tmp_path / "b"), train_split, key, mesh,
+                                      should_stop=_interrupt_after(3), print_fn=quiet)
+  assert not done and int(part.step) == 3
+  resumed, done = experiment.train_model(kind, config, str(tmp_path / "b"), train_split, key,
+                                         mesh, should_stop=lambda: False, print_fn=quiet)
+  assert done and int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed))):
+    np.testing.assert_array_equal(a, b)
+  # ...and the interrupted state really differed from the final one.
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(jax.device_get(part.params)), jax.tree.leaves(jax.device_get(full.params))))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_split, tmp_path):
+  config = tiny_config(num_steps=2)
+  mesh = parallel.make_mesh()
+  key, quiet = jax.random.key(0), (lambda s: None)
+  good, _ = experiment.train_model("score", config, str(tmp_path), train_split, key, mesh,
+                                   should_stop=lambda: False, print_fn=quiet)
+  config.score.num_steps = 6
+  config.score.lr = float("inf")
+  with pytest.raises(NonFiniteLossError, match="non-finite"):
+    experiment.train_model("score", config, str(tmp_path), train_split, key, mesh,
+                           should_stop=lambda: False, print_fn=quiet)
+  ckpt = experiment.checkpointer("score", config, str(tmp_path))
+  assert ckpt.all_steps() == [2]
+  restored = ckpt.restore(experiment.abstract_train_state(
+      "score", config, experiment.score_module(config), mesh))
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)),
+                  jax.tree.leaves(jax.device_get(good.params))):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_model_is_refused(train_split, tmp_path):
+  config = tiny_config(num_steps=2)
+  mesh = parallel.make_mesh()
+  experiment.train_model("score", config, str(tmp_path), train_split, jax.random.key(0), mesh,
+                         should_stop=lambda: False, print_fn=lambda s: None)
+  other = tiny_config(num_steps=2, ngf=8)
+  with pytest.raises(CheckpointMismatchError, match="ngf"):
+    experiment.load_trained("score", other, str(tmp_path), mesh)
+  energy = tiny_config(num_steps=2, head="energy")
+  with pytest.raises(CheckpointMismatchError, match="head"):
+    experiment.load_trained("score", energy, str(tmp_path), mesh)
+
+
+def test_ema_is_debiased_average_of_parameters():
+  """After n steps the debiased EMA equals sum_i (1-r) r^(n-i) p_i / (1 - r^n)."""
+  settings = training.OptimizerSettings(lr=0.1, ema_rate=0.9)
+  opt, ema = training.make_optimizer(settings), training.make_ema(settings)
+  loss_fn = lambda p, s, b, k: (jnp.sum((p["w"] - b["t"]) ** 2), (s, {}))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  step = training.make_train_step(loss_fn, opt, ema, mesh)
+  state = training.init_state({"w": jnp.zeros(3)}, {}, opt, ema)
+  history = []
+  for i in range(5):
+    state, _ = step(state, {"t": jnp.full((1, 3), float(i + 1))}, jax.random.key(0))
+    history.append(np.asarray(state.params["w"], np.float64))
+  r, n = 0.9, len(history)
+  want = sum((1 - r) * r ** (n - 1 - i) * p for i, p in enumerate(history)) / (1 - r ** n)
+  np.testing.assert_allclose(np.asarray(state.ema_params["w"]), want, rtol=1e-5)
+  assert not np.allclose(want, history[-1])  # the EMA is not just the last parameters
