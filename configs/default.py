@@ -68,4 +68,27 @@ def get_config():
   report.num_samples = 16  # annealed Langevin samples for the sample grid
   report.sampling_steps_each = 5
   report.sampling_step_lr = 6.2e-6  # NCSNv2 CIFAR-10 value (alpha_i = lr * sigma_i^2 / sigma_L^2)
+
+  # Purification (ADP defaults, DESIGN §1): see jaxpure.purify.PurifySettings.
+  config.purify = purify = ml_collections.ConfigDict()
+  purify.sigma_n = 0.25
+  purify.noise = "gaussian"  # "gaussian" or "binary"
+  purify.method = "adp"  # "adp", "gd" or "langevin"
+  purify.max_iter = 10  # T
+  purify.lam = 0.05  # lambda
+  purify.delta = 1e-3
+  purify.tau = 1e-3
+  purify.alpha_min = 1e-5
+  purify.alpha_max = 1e-1
+  purify.step_size = 1e-2  # gd / langevin
+  purify.sigma_p = 0.25  # langevin
+  purify.restarts = 10  # R
+
+  # evaluate.py
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 100
+  ev.num_examples = 0  # 0 = the whole test split
+  ev.seed = 1
+  ev.grid_examples = 8
+  ev.grid_restarts = 3
   return config

@@ -122,7 +122,7 @@ def eval_batches(source, batch_size: int, mesh, num_examples: int | None = None)
   """Yields the first `num_examples` examples in order, as fixed-shape sharded batches.
 
   Yields dicts {"image": [B, H, W, C] float32 in [0, 1], "label": [B] int32,
-  "mask": [B] bool}; the last batch is padded (mask False) so one compiled shape serves all.
+  "mask": [B] bool, "index": [B] int32 example index in the split}; the last batch is padded (mask False) so one compiled shape serves all.
   `batch_size` is rounded up to a multiple of the device count.
   """
   batch_size = parallel.round_up_to_devices(batch_size, mesh)
@@ -132,11 +132,12 @@ def eval_batches(source, batch_size: int, mesh, num_examples: int | None = None)
   for start in range(0, total, batch_size):
     idx = np.arange(start, start + batch_size)
     mask = idx < total
-    idx = np.where(mask, idx, 0)[sl]
-    images, labels = read_examples(source, idx)
+    idx = np.where(mask, idx, 0)
+    images, labels = read_examples(source, idx[sl])
     yield {"image": _to_global(sharding, images, batch_size),
            "label": _to_global(sharding, labels, batch_size),
-           "mask": _to_global(sharding, mask[sl], batch_size)}
+           "mask": _to_global(sharding, mask[sl], batch_size),
+           "index": _to_global(sharding, idx[sl].astype(np.int32), batch_size)}
 
 
 def read_all(source, num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,10 @@ DATA_AXIS = "data"
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis `data` over `devices` (default: every device of every process)."""
   devices = list(jax.devices() if devices is None else devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+  # Auto axis: jit propagates the batch sharding through reshapes/vmaps by itself (the
+  # "sharding annotations" mode); Explicit would make every reshape spell out its sharding.
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

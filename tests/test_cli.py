@@ -135,3 +135,62 @@ def test_nan_loss_is_one_line_error_and_keeps_good_checkpoint(trained_workdir, t
                    "--models=score", "--config.score.lr=inf")
   assert_one_line_error(proc, "non-finite")
   assert not [d for d in os.listdir(tmp_path / "checkpoints" / "score") if d.isdigit()]
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+EVAL_TINY = ["--num_examples=20", "--config.purify.restarts=2", "--config.purify.max_iter=3",
+             "--config.eval.batch_size=16"]
+
+
+def run_evaluate(*args, timeout=600):
+  return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_evaluate_writes_report_and_pictures(trained_workdir):
+  workdir, _ = trained_workdir
+  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY,
+                      *EVAL_TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "[eval] batch 2/2" in proc.stdout and "ETA" in proc.stdout
+  report = json.loads((workdir / "eval" / "report.json").read_text())
+  assert report["num_examples"] == 20
+  for key in ("clean_accuracy", "defended_clean_accuracy", "single_restart_accuracy",
+              "noise_only_accuracy"):
+    assert 0 <= report[key] <= 1
+  assert report["robust_accuracy"] == {}
+  assert set(report["defended_accuracy_by_readout"]) == {"mean_softmax", "mean_logits",
+                                                         "majority_vote"}
+  assert report["defended_clean_accuracy"] == report["defended_accuracy_by_readout"]["mean_softmax"]
+  assert len(report["accuracy_by_step"]) == 4
+  assert report["accuracy_by_step"][0] == report["noise_only_accuracy"]
+  assert report["accuracy_by_step"][-1] == report["defended_clean_accuracy"]
+  assert len(report["alpha_by_step"]) == 3
+  assert report["settings"]["purify"]["restarts"] == 2
+  assert report["settings"]["purify"]["sigma_n"] == 0.25
+  t = report["timings"]
+  assert t["compile_seconds"] > 0 and t["run_seconds"] > 0 and t["images_per_second"] > 0
+  assert report["versions"]["jax"] == jax.__version__ and report["device"]["count"] == 8
+  for png in ("purification.png", "steps.png"):
+    assert (workdir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_without_checkpoints_is_one_line_error(tmp_path):
+  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(tmp_path), *TINY)
+  assert_one_line_error(proc, "no score checkpoint", "train first")
+
+
+def test_evaluate_with_another_model_is_one_line_error(trained_workdir):
+  workdir, _ = trained_workdir
+  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY,
+                      "--config.classifier.width=16")
+  assert_one_line_error(proc, "another model", "width")
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("--config.purify.sigma_n=-0.1", "sigma_n"), ("--config.purify.max_iter=0", "max_iter"),
+    ("--config.purify.restarts=0", "restarts"), ("--config.purify.lam=0.0", "lam")])
+def test_evaluate_bad_settings_are_one_line_errors(trained_workdir, override, fragment):
+  workdir, _ = trained_workdir
+  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY, override)
+  assert_one_line_error(proc, fragment)

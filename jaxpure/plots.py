@@ -1,0 +1,48 @@
+"""Matplotlib figures of an evaluation (written as PNG; headless Agg backend)."""
+
+import os
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_purification_steps(path: str, accuracy_by_step, alphas_by_step, active_by_step,
+                            clean_accuracy: float | None = None) -> str:
+  """Two panels: ensemble accuracy after each purification step (step 0 = noise only), and
+  the distribution of the step size alpha over active examples at each step (box plots),
+  with the fraction of examples still active.
+
+  accuracy_by_step: [T + 1]; alphas_by_step: list of T arrays of alphas of active examples;
+  active_by_step: [T] fraction active.
+  """
+  plt = _pyplot()
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  steps = np.arange(len(accuracy_by_step))
+  ax1.plot(steps, accuracy_by_step, "o-", label="defense (mean softmax)")
+  if clean_accuracy is not None:
+    ax1.axhline(clean_accuracy, color="gray", ls="--", label="bare classifier, clean")
+  ax1.set_xlabel("purification step (0 = noised only)")
+  ax1.set_ylabel("accuracy")
+  ax1.set_title("accuracy vs purification step")
+  ax1.legend(loc="lower right")
+  data = [a if len(a) else np.array([np.nan]) for a in alphas_by_step]
+  ax2.boxplot(data, positions=np.arange(1, len(data) + 1), showfliers=False)
+  ax2.set_yscale("log")
+  ax2.set_xlabel("step t (1-based)")
+  ax2.set_ylabel("alpha_t (active examples)")
+  ax2.set_title("step size per step")
+  twin = ax2.twinx()
+  twin.plot(np.arange(1, len(active_by_step) + 1), active_by_step, "r.-")
+  twin.set_ylim(0, 1.05)
+  twin.set_ylabel("fraction active", color="r")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

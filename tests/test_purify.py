@@ -1,0 +1,243 @@
+"""The purifier against independent NumPy loops of DESIGN §1, and its structural promises."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpure import parallel
+from jaxpure import purify as P
+from jaxpure.errors import ConfigError
+
+SHAPE = (6, 4, 4, 1)
+D = 16
+
+
+def _params(dtype=np.float64, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"w": (rng.normal(size=(D, D)) * 0.8).astype(dtype),
+          "b": (rng.normal(size=(D,)) * 0.3).astype(dtype)}
+
+
+def h_jax(params, x):
+  """A tiny nonlinear field, per example: h(x) = tanh(x W + b) - 2 (x - 0.5)."""
+  flat = x.reshape(x.shape[0], -1)
+  out = jnp.tanh(flat @ params["w"] + params["b"]) - 2.0 * (flat - 0.5)
+  return out.reshape(x.shape)
+
+
+def h_np(params, x):
+  """The same field for ONE example x [H, W, C], in NumPy."""
+  flat = x.reshape(-1)
+  return (np.tanh(flat @ params["w"] + params["b"]) - 2.0 * (flat - 0.5)).reshape(x.shape)
+
+
+def adp_reference(params, x0, s: P.PurifySettings):
+  """DESIGN §1 for one example, float64, Python loop with a real `break`.
+
+  Returns (x_T, alphas taken [T] (0 after stopping), stop step or None)."""
+  x = x0.copy()
+  alphas = np.zeros(s.max_iter)
+  for t in range(s.max_iter):
+    g = h_np(params, x)
+    z = np.sum(g * h_np(params, x + s.delta * g)) / np.sum(g * g)
+    alpha = s.lam * s.delta / (1 - z)
+    alpha = min(max(alpha, s.alpha_min), s.alpha_max) if np.isfinite(alpha) else s.alpha_max
+    if alpha <= s.tau:
+      return x, alphas, t
+    alphas[t] = alpha
+    x = np.clip(x + alpha * g, 0, 1)
+  return x, alphas, None
+
+
+def _x(seed=1, dtype=np.float64):
+  return np.random.default_rng(seed).uniform(0.1, 0.9, size=SHAPE).astype(dtype)
+
+
+def _keys(n=SHAPE[0], seed=0):
+  return P.example_keys(jax.random.key(seed), jnp.arange(n))
+
+
+def test_adp_matches_float64_numpy_loop():
+  params, x = _params(), _x()
+  with jax.enable_x64(True):
+    # Pick tau inside the range of the alphas so that some examples stop mid-way.
+    free = P.PurifySettings(restarts=2, max_iter=8, tau=1e-12, lam=0.05)
+    _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
+    free_alpha = np.asarray(tr["alpha"]).transpose(0, 2, 1).reshape(-1, 8)  # [R*B, T]
+
+    def stop_steps(tau):  # until it stops, an example's alphas are those of the free run
+      return [int(np.argmax(a <= tau)) if (a <= tau).any() else None for a in free_alpha]
+
+    tau = max(np.unique(free_alpha), key=lambda t: (None in stop_steps(t),
+                                                    len(set(stop_steps(t)))))
+    tau = float(tau)
+    s = P.PurifySettings(restarts=2, max_iter=8, tau=tau, lam=0.05)
+    out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+    out, alpha, active, iterates = (np.asarray(out), np.asarray(tr["alpha"]),
+                                    np.asarray(tr["active"]), np.asarray(tr["iterates"]))
+  stops = []
+  for r in range(2):
+    for b in range(SHAPE[0]):
+      x0 = iterates[r, 0, b]
+      want_x, want_alpha, stop = adp_reference(params, x0, s)
+      stops.append(stop)
+      np.testing.assert_allclose(alpha[r, :, b], want_alpha, rtol=1e-9, atol=1e-12)
+      got_stop = int(np.argmin(active[r, :, b])) if not active[r, :, b].all() else None
+      assert got_stop == stop
+      np.testing.assert_allclose(out[r, b], want_x, atol=1e-5)
+  # The case mix makes the test meaningful: stopped at different steps and never stopped.
+  assert None in stops and len({t for t in stops if t is not None}) >= 2, stops
+
+
+def test_float32_purifier_agrees_with_float64_reference():
+  params, x = _params(np.float32), _x(dtype=np.float32)
+  s = P.PurifySettings(restarts=1, max_iter=6)
+  out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  for b in range(SHAPE[0]):
+    want, _, _ = adp_reference(_params(), np.asarray(tr["iterates"][0, 0, b], np.float64), s)
+    np.testing.assert_allclose(np.asarray(out[0, b]), want, atol=1e-5)
+
+
+def test_randomization_is_clipped_gaussian_with_sigma_n():
+  x = jnp.full((64, 8, 8, 1), 0.5)
+  s = P.PurifySettings(sigma_n=0.1, restarts=3, max_iter=1)
+  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x,
+                   _keys(64), s, return_trace=True)
+  x0 = np.asarray(tr["iterates"][:, 0])
+  noise = x0 - 0.5
+  assert abs(noise.std() - 0.1) < 0.005 and abs(noise.mean()) < 0.005
+  assert not np.allclose(x0[0], x0[1])  # restarts draw different noise
+  big = P.PurifySettings(sigma_n=1.0, restarts=1, max_iter=1)
+  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(64), big, return_trace=True)
+  x0 = np.asarray(tr["iterates"][:, 0])
+  assert x0.min() == 0.0 and x0.max() == 1.0  # clipped to the image range
+
+
+def test_binary_noise_has_the_right_magnitude():
+  x = jnp.full((16, 4, 4, 1), 0.5)
+  s = P.PurifySettings(sigma_n=0.25, noise="binary", restarts=2, max_iter=1)
+  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(16), s, return_trace=True)
+  dev = np.asarray(tr["iterates"][:, 0]) - 0.5
+  np.testing.assert_allclose(np.abs(dev), 0.25 * math.sqrt(2 / math.pi), rtol=1e-6)
+  assert 0.4 < (dev > 0).mean() < 0.6
+
+
+def test_batch_is_purified_as_examples_alone():
+  params, x = _params(np.float32), _x(dtype=np.float32)
+  keys = _keys()
+  s = P.PurifySettings(restarts=3, max_iter=5)
+  batch = np.asarray(P.purify(h_jax, params, jnp.asarray(x), keys, s))
+  for b in range(SHAPE[0]):
+    alone = np.asarray(P.purify(h_jax, params, jnp.asarray(x[b:b + 1]), keys[b:b + 1], s))
+    np.testing.assert_allclose(batch[:, b], alone[:, 0], atol=1e-6)
+
+
+def test_stopped_examples_never_move_and_alpha_in_bounds():
+  params, x = _params(np.float32), _x(dtype=np.float32)
+  free = P.PurifySettings(restarts=4, max_iter=10, tau=1e-12)
+  _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
+  s = P.PurifySettings(restarts=4, max_iter=10, tau=float(np.median(tr["alpha"])))
+  out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  alpha, active, it = (np.asarray(tr["alpha"]), np.asarray(tr["active"]),
+                       np.asarray(tr["iterates"]))
+  assert (~active).any() and active.any()
+  # once inactive, always inactive; its alpha is 0 and its image is frozen
+  assert np.all(np.diff(active.astype(int), axis=1) <= 0)
+  assert np.all(alpha[~active] == 0)
+  taken = alpha[active]
+  assert np.all((taken >= s.alpha_min) & (taken <= s.alpha_max) & (taken > s.tau))
+  for r, t, b in zip(*np.nonzero(~active)):
+    np.testing.assert_array_equal(it[r, t + 1, b], it[r, t, b])
+  assert out.min() >= 0 and out.max() <= 1
+
+
+def test_gd_follows_its_formula():
+  params, x = _params(np.float32), _x(dtype=np.float32)
+  s = P.PurifySettings(method="gd", step_size=0.05, restarts=2, max_iter=4)
+  _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  it = np.asarray(tr["iterates"], np.float64)
+  p64 = _params()
+  for r in range(2):
+    for b in range(SHAPE[0]):
+      for t in range(4):
+        want = np.clip(it[r, t, b] + 0.05 * h_np(p64, it[r, t, b]), 0, 1)
+        np.testing.assert_allclose(it[r, t + 1, b], want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(tr["alpha"]), 0.05)
+
+
+def test_langevin_follows_its_formula():
+  params = _params(np.float32)
+  x = jnp.full((32, 4, 4, 1), 0.5)
+  s = P.PurifySettings(method="langevin", step_size=1e-3, sigma_p=0.25, sigma_n=0.05,
+                       restarts=2, max_iter=3)
+  out1, tr = P.purify(h_jax, params, x, _keys(32), s, return_trace=True)
+  out2 = P.purify(h_jax, params, x, _keys(32), s)
+  np.testing.assert_array_equal(np.asarray(out1), np.asarray(out2))  # same keys, same noise
+  it = np.asarray(tr["iterates"], np.float64)
+  p64 = _params()
+  drift = np.stack([[[1e-3 * h_np(p64, it[r, t, b]) / 0.25 for b in range(32)]
+                     for t in range(3)] for r in range(2)])
+  noise = (it[:, 1:] - it[:, :-1] - drift) / math.sqrt(2e-3)
+  inside = (it[:, 1:] > 0) & (it[:, 1:] < 1)
+  n = noise[inside]
+  assert n.size > 1000 and abs(n.mean()) < 0.1 and abs(n.std() - 1) < 0.05
+
+
+def test_eight_devices_give_the_one_device_result():
+  params, x = _params(np.float32), np.random.default_rng(3).uniform(size=(16, 4, 4, 1))
+  x = x.astype(np.float32)
+  keys = _keys(16)
+  s = P.PurifySettings(restarts=3, max_iter=5)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    fn = P.make_purifier(h_jax, s, mesh=mesh)
+    xs = jax.device_put(x, parallel.batch_sharding(mesh))
+    ks = jax.device_put(keys, parallel.batch_sharding(mesh))
+    out = fn(params, xs, ks)
+    assert len(out.sharding.device_set) == len(devices)
+    results.append(np.asarray(out))
+  np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_jitted_purifier_traces_once_per_shape():
+  calls = {"n": 0}
+
+  def counting_h(params, x):
+    calls["n"] += 1
+    return h_jax(params, x)
+
+  fn = P.make_purifier(counting_h, P.PurifySettings(restarts=2, max_iter=3))
+  params, x = _params(np.float32), jnp.asarray(_x(dtype=np.float32))
+  fn(params, x, _keys())
+  traced = calls["n"]
+  assert traced > 0
+  for seed in range(3):
+    fn(params, x + 0.01 * seed, _keys(seed=seed))
+  assert calls["n"] == traced
+  fn(params, x[:3], _keys(3))  # a new shape traces again
+  assert calls["n"] > traced
+
+
+def test_ensemble_readouts():
+  # 3 restarts, 2 examples, 3 classes, built so the read-outs disagree on example 0.
+  logits = np.array([[[10.0, 0, 0], [0, 1, 0]],
+                     [[0, 0.1, 0], [0, 1, 0]],
+                     [[0, 0.1, 0], [2, 0, 0]]])
+  got = {k: np.asarray(v) for k, v in P.ensemble(jnp.asarray(logits)).items()}
+  softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_array_equal(got["mean_softmax"], softmax.mean(0).argmax(-1))
+  np.testing.assert_array_equal(got["mean_logits"], logits.mean(0).argmax(-1))
+  votes = np.stack([np.bincount(logits[:, b].argmax(-1), minlength=3) for b in range(2)])
+  np.testing.assert_array_equal(got["majority_vote"], votes.argmax(-1))
+  assert got["mean_softmax"][0] == 0 and got["majority_vote"][0] == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(sigma_n=-0.1), dict(max_iter=0), dict(restarts=0),
+                                    dict(lam=0.0), dict(method="nope"), dict(noise="uniform")])
+def test_bad_settings_are_refused(kwargs):
+  with pytest.raises(ConfigError, match=list(kwargs)[0]):
+    P.PurifySettings(**kwargs)
