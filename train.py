@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from jaxpure import cli
 
+cli.define_distributed_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<data set>).")
 _MODELS = flags.DEFINE_list("models", ["score", "classifier"], "Which models to train.")
@@ -26,6 +27,7 @@ def main(argv):
     cli.fail(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
   logging.set_verbosity(logging.WARNING)  # orbax/TFDS info lines would drown the progress
   config = cli.checked_config(_CONFIG.value)
+  cli.init_distributed(config)
   workdir = _WORKDIR.value or f"runs/{config.data.name}"
   stop = threading.Event()
   for sig in (signal.SIGTERM, signal.SIGINT):

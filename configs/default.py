@@ -60,6 +60,11 @@ def get_config():
   clf.checkpoint_every = 5000
   clf.keep_checkpoints = 3
 
+  # Multi-process runs (jax.distributed): a process whose peer died stops after this long.
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.heartbeat_timeout_seconds = 100
+  dist.initialization_timeout = 300
+
   # Pictures and summary written at the end of training.
   config.report = report = ml_collections.ConfigDict()
   report.denoise_sigma = 0.25  # sigma of the one-step (Tweedie) denoising grid and PSNR gain
@@ -91,4 +96,26 @@ def get_config():
   ev.seed = 1
   ev.grid_examples = 8
   ev.grid_restarts = 3
+
+  # Attacks (evaluate.py --attacks a,b,...): shared threat model, then one section per attack.
+  config.attack = at = ml_collections.ConfigDict()
+  at.norm = "linf"  # "linf" or "l2"
+  at.eps = 8 / 255
+  at.batch_size = 100
+  at.seed = 2
+  at.sweep_attack = "pgd_eot_full"  # the epsilon sweep and gradient-masking check
+  at.sweep_eps = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 64 / 255)  # last: very large
+  at.sweep_num_steps = 20
+  at.sweep_n_eot = 4
+  at.grid_examples = 8
+
+  def attack(num_steps, step_size, n_eot, loss="ce"):
+    return ml_collections.ConfigDict(dict(num_steps=num_steps, step_size=step_size,
+                                          n_eot=n_eot, loss=loss))
+
+  at.pgd_clf = attack(40, 2 / 255, 1)  # preprocessor-blind PGD on the bare classifier
+  at.bpda_eot = attack(40, 2 / 255, 15)  # ADP's BPDA+EOT budget (DESIGN §1)
+  at.bpda_eot_adp = attack(40, 2 / 255, 15)
+  at.pgd_eot_full = attack(200, 2 / 255, 20)  # Lee & Kim 2023 style
+  at.apgd_eot = attack(100, 2 / 255, 20)  # step_size unused: APGD starts at 2 eps
   return config

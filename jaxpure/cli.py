@@ -48,3 +48,23 @@ def user_errors_exit():
     yield
   except (UserInputError, FileNotFoundError) as e:
     fail(" ".join(str(e).split()))
+
+
+def define_distributed_flags():
+  """--coordinator_address, --num_processes, --process_id (multi-process runs)."""
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, for a multi-process run (else auto-detected "
+                      "on TPU pods, SLURM and Open MPI)")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
+
+
+def init_distributed(config) -> None:
+  """Starts jax.distributed from the flags / environment, before JAX touches a device."""
+  from jaxpure import parallel
+  f = flags.FLAGS
+  with user_errors_exit():
+    parallel.initialize_distributed(
+        f.coordinator_address, f.num_processes, f.process_id,
+        initialization_timeout=config.distributed.initialization_timeout,
+        heartbeat_timeout_seconds=config.distributed.heartbeat_timeout_seconds)

@@ -62,16 +62,16 @@ def denoising_psnr(h, params, batches, key: jax.Array, sigma: float) -> dict[str
 def defense_batch_stats(h, logits_fn, settings):
   """Builds `stats(score_params, clf_variables, batch, key)` for one evaluation batch.
 
-  batch: {"image": [B, H, W, C] in [0, 1], "label": [B], "mask": [B], "index": [B] global
-  example indices (their keys are fold_in(key, index))}. Returns masked counts of correct
-  predictions — "clean" (bare classifier), each ensemble read-out on the purified images,
-  "single_restart", "by_step" [T + 1] (mean-softmax ensemble after each step; step 0 is the
-  noise-only ablation) — and the per-example "alpha", "active" [R, T, B]. Jit the result.
+  batch: {"image": [B, H, W, C] in [0, 1], "label": [B], "index": [B] global example
+  indices (their keys are fold_in(key, index))}. Returns per-example correctness (bool,
+  last axis B): "clean" (bare classifier), each ensemble read-out of the purified images,
+  "single_restart", "by_step" [T + 1, B] (mean-softmax ensemble after each step; step 0 is
+  the noise-only ablation), and the step sizes "alpha" and "active" masks [R, T, B].
   """
   from jaxpure import purify as purify_lib
 
   def stats(score_params, clf_variables, batch, key):
-    x, y, m = batch["image"], batch["label"], batch["mask"]
+    x, y = batch["image"], batch["label"]
     keys = purify_lib.example_keys(key, batch["index"])
     _, trace = purify_lib.purify(h, score_params, x, keys, settings, return_trace=True)
     iterates = jnp.swapaxes(trace["iterates"], 0, 1)  # [T + 1, R, B, H, W, C]
@@ -79,13 +79,12 @@ def defense_batch_stats(h, logits_fn, settings):
     logits = jax.lax.map(
         lambda xs: logits_fn(clf_variables, xs.reshape((r * b,) + xs.shape[2:])).reshape(r, b, -1),
         iterates)  # [T + 1, R, B, K]
-    count = lambda pred: jnp.sum((pred == y) & m)
-    out = {"clean": count(jnp.argmax(logits_fn(clf_variables, x), -1)),
-           "single_restart": count(jnp.argmax(logits[-1, 0], -1)),
-           "by_step": jax.vmap(lambda l: count(purify_lib.ensemble(l)["mean_softmax"]))(logits),
-           "count": jnp.sum(m), "alpha": trace["alpha"], "active": trace["active"]}
+    out = {"clean": jnp.argmax(logits_fn(clf_variables, x), -1) == y,
+           "single_restart": jnp.argmax(logits[-1, 0], -1) == y,
+           "by_step": jax.vmap(lambda l: purify_lib.ensemble(l)["mean_softmax"] == y)(logits),
+           "alpha": trace["alpha"], "active": trace["active"]}
     for name, pred in purify_lib.ensemble(logits[-1]).items():
-      out[name] = count(pred)
+      out[name] = pred == y
     return out
 
   return stats

@@ -331,133 +331,14 @@ def purify_settings(config):
 
 def load_models_for_eval(config, workdir: str, mesh):
   """(score EMA params, classifier variables, their steps) from WORKDIR/checkpoints."""
-  from jaxpure.errors import WorkdirError as _WorkdirError
   states = {}
   for kind in MODEL_KINDS:
     state = load_trained(kind, config, workdir, mesh)
     if state is None:
-      raise _WorkdirError(
+      raise WorkdirError(
           f"no {kind} checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints', kind)}; "
           f"train first: python train.py --config <config> --workdir {workdir}")
     states[kind] = state
   clf = states["classifier"]
   return (states["score"].ema_params, {"params": clf.ema_params, **clf.model_state},
           {k: int(s.step) for k, s in states.items()})
-
-
-def evaluate_defense(config, workdir: str, num_examples: int | None = None, *, mesh=None,
-                     print_fn=print) -> dict:
-  """Clean and defended accuracy of the trained workdir -> WORKDIR/eval/report.json + PNGs."""
-  import time
-  import numpy as np
-  from jaxpure import __version__, plots
-  from jaxpure import purify as purify_lib
-  import flax
-
-  settings = purify_settings(config)
-  test_split = data.open_split(config.data.name, "test", config.data.data_dir)
-  if not os.path.isdir(workdir):
-    raise WorkdirError(f"workdir {workdir!r} does not exist; train first with train.py")
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  score_params, clf_vars, steps = load_models_for_eval(config, workdir, mesh)
-  out_dir = prepare_workdir(os.path.join(workdir, "eval"))
-  h = score_h(score_module(config))
-  logits_fn = classifier_logits(classifier_module(config))
-  key = jax.random.key(config.eval.seed)
-  n = num_examples or config.eval.num_examples or len(test_split)
-  n = min(n, len(test_split))
-  batch_size = parallel.round_up_to_devices(min(config.eval.batch_size, n), mesh)
-  stats_fn = jax.jit(evaluation.defense_batch_stats(h, logits_fn, settings))
-
-  batches = data.eval_batches(test_split, batch_size, mesh, n)
-  first = next(batches)
-  t0 = time.perf_counter()
-  compiled = stats_fn.lower(score_params, clf_vars, first, key).compile()
-  compile_s = time.perf_counter() - t0
-  totals, alphas, actives = {}, [], []
-  num_batches, done = -(-n // batch_size), 0
-  t_run = time.perf_counter()
-  for i, batch in enumerate(_chain([first], batches)):
-    out = jax.device_get(compiled(score_params, clf_vars, batch, key))
-    mask = np.asarray(jax.device_get(batch["mask"]))
-    for k, v in out.items():
-      if k not in ("alpha", "active"):
-        totals[k] = totals.get(k, 0) + np.asarray(v)
-    alphas.append(out["alpha"][..., mask])
-    actives.append(out["active"][..., mask])
-    done += int(mask.sum())
-    elapsed = time.perf_counter() - t_run
-    eta = elapsed / done * (n - done)
-    print_fn(f"[eval] batch {i + 1}/{num_batches}  {done}/{n} images  "
-             f"{done / elapsed:.1f} img/s  ETA {training.format_duration(eta)}")
-  run_s = time.perf_counter() - t_run
-  count = float(totals["count"])
-  acc = lambda k: float(totals[k]) / count
-  alpha = np.concatenate(alphas, axis=-1)  # [R, T, n]
-  active = np.concatenate(actives, axis=-1)
-  alpha_steps = []
-  for t in range(settings.max_iter):
-    a = alpha[:, t][active[:, t]]
-    q = np.percentile(a, [25, 50, 75]).tolist() if a.size else [None] * 3
-    alpha_steps.append({"step": t + 1, "active_fraction": float(active[:, t].mean()),
-                        "q25": q[0], "median": q[1], "q75": q[2],
-                        "mean": float(a.mean()) if a.size else None})
-  by_step = (np.asarray(totals["by_step"], np.float64) / count).tolist()
-  report = {
-      "dataset": config.data.name, "num_examples": int(count),
-      "clean_accuracy": acc("clean"),
-      "defended_clean_accuracy": acc("mean_softmax"),
-      "defended_accuracy_by_readout": {k: acc(k) for k in purify_lib.READOUTS},
-      "single_restart_accuracy": acc("single_restart"),
-      "noise_only_accuracy": by_step[0],
-      "accuracy_by_step": by_step,
-      "robust_accuracy": {},
-      "alpha_by_step": alpha_steps,
-      "settings": {"purify": dataclasses_asdict(settings), "eval_batch_size": batch_size,
-                   "eval_seed": config.eval.seed, "checkpoint_steps": steps},
-      "versions": {"jaxpure": __version__, "jax": jax.__version__, "flax": flax.__version__},
-      "device": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,
-                 "count": jax.device_count(), "processes": jax.process_count()},
-      "timings": {"compile_seconds": compile_s, "run_seconds": run_s,
-                  "images_per_second": count / run_s,
-                  "note": "run includes the per-step classification of the logging trace"},
-  }
-  if jax.process_index() == 0:
-    _write_eval_pictures(out_dir, config, settings, h, score_params, test_split, key, report,
-                         alpha, active)
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-      json.dump(report, f, indent=2)
-  print_fn(f"wrote {os.path.join(out_dir, 'report.json')}: clean {report['clean_accuracy']:.4f}, "
-           f"defended {report['defended_clean_accuracy']:.4f}, "
-           f"noise only {report['noise_only_accuracy']:.4f}")
-  return report
-
-
-def _chain(*iterables):
-  for it in iterables:
-    yield from it
-
-
-def dataclasses_asdict(obj) -> dict:
-  import dataclasses
-  return dataclasses.asdict(obj)
-
-
-def _write_eval_pictures(out_dir, config, settings, h, score_params, test_split, key, report,
-                         alpha, active):
-  import numpy as np
-  from jaxpure import plots
-  from jaxpure import purify as purify_lib
-  k = min(config.eval.grid_examples, len(test_split))
-  x, _ = data.read_all(test_split, k)
-  keys = purify_lib.example_keys(key, jnp.arange(k))
-  _, trace = jax.jit(lambda p, x, keys: purify_lib.purify(h, p, x, keys, settings, True))(
-      score_params, jnp.asarray(x), keys)
-  rows = [x]
-  for r in range(min(config.eval.grid_restarts, settings.restarts)):
-    rows += [trace["iterates"][r, 0], trace["iterates"][r, -1]]
-  images.save_grid(os.path.join(out_dir, "purification.png"), rows)
-  alphas_by_step = [alpha[:, t][active[:, t]] for t in range(settings.max_iter)]
-  plots.plot_purification_steps(
-      os.path.join(out_dir, "steps.png"), report["accuracy_by_step"], alphas_by_step,
-      [float(active[:, t].mean()) for t in range(settings.max_iter)], report["clean_accuracy"])

@@ -46,3 +46,31 @@ def plot_purification_steps(path: str, accuracy_by_step, alphas_by_step, active_
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def plot_eps_sweep(path: str, sweep: dict, robust: dict, eps: float, undefended: float) -> str:
+  """Accuracy vs epsilon: the sweep's curves (defended, and the bare classifier under
+  pgd_clf), and each attack's robust accuracy at the evaluation's eps as a point."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, rows in sweep.items():
+    e = [r["eps"] for r in rows]
+    if name == "pgd_clf":
+      ax.plot(e, [r["bare_accuracy"] for r in rows], "k--o", label="pgd_clf on bare classifier")
+    else:
+      ax.plot(e, [r["defended_accuracy"] for r in rows], "-o", label=f"{name} vs defense")
+  for name, value in robust.items():
+    ax.plot([eps], [value], "s", label=f"{name} (eps {eps:.3f})")
+  if undefended is not None:
+    ax.plot([eps], [undefended], "kx", label="undefended (pgd_clf)")
+  ax.set_xscale("log")
+  ax.set_xlabel("eps")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_title("accuracy vs attack radius")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -41,6 +41,7 @@ class PurifySettings:
   step_size: float = 1e-2
   sigma_p: float = 0.25
   restarts: int = 10
+  remat: bool = True  # jax.checkpoint each step: gradients keep only the carried iterates
 
   def __post_init__(self):
     problems = []
@@ -114,7 +115,6 @@ def purify_chain(h, params, x: jax.Array, keys: jax.Array, settings: PurifySetti
   step_keys = noise_keys[:, 1]
   bshape = (-1,) + (1,) * (x.ndim - 1)
 
-  @jax.checkpoint
   def step(carry, t):
     x_t, active = carry
     g = h(params, x_t)
@@ -135,6 +135,8 @@ def purify_chain(h, params, x: jax.Array, keys: jax.Array, settings: PurifySetti
     x_next = jnp.clip(x_next, 0.0, 1.0)
     return (x_next, active), (alpha, active, x_next)
 
+  if settings.remat:
+    step = jax.checkpoint(step)
   init = (x0, jnp.ones(x.shape[:1], bool))
   (x_final, _), (alphas, actives, iterates) = lax.scan(
       step, init, jnp.arange(settings.max_iter))

@@ -194,3 +194,55 @@ def test_evaluate_bad_settings_are_one_line_errors(trained_workdir, override, fr
   workdir, _ = trained_workdir
   proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY, override)
   assert_one_line_error(proc, fragment)
+
+
+def _tiny_config():
+  from configs import digits
+  config = digits.get_config()
+  for arg in TINY + ["--config.purify.restarts=2", "--config.purify.max_iter=3"]:
+    key, value = arg[len("--config."):].split("=")
+    section, name = key.split(".")
+    config[section][name] = type(config[section][name])(value)
+  config.attack.sweep_eps = (0.1, 0.5)
+  config.attack.sweep_num_steps = 2
+  config.attack.sweep_n_eot = 1
+  config.attack.batch_size = 8
+  config.eval.batch_size = 8
+  for name in ("pgd_clf", "bpda_eot", "pgd_eot_full", "apgd_eot"):
+    config.attack[name].update(num_steps=2, n_eot=2)
+  return config
+
+
+def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
+  import shutil
+  from jaxpure import evaluate_job
+  workdir, _ = trained_workdir
+  config = _tiny_config()
+  attacks = ["pgd_clf", "bpda_eot", "pgd_eot_full", "apgd_eot"]
+  quiet = lambda s: None
+  full = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet)
+  assert set(full["robust_accuracy"]) == set(attacks)
+  assert len(full["eps_sweep"]["pgd_eot_full"]) == 2
+  for png in ("adversarial.png", "eps_sweep.png"):
+    assert (workdir / "eval" / png).exists()
+  shutil.rmtree(workdir / "eval")
+
+  class Crash(Exception):
+    pass
+
+  def crash_after_first(unit, batch):
+    if unit == "bpda_eot" and batch == 0:
+      raise Crash
+  with pytest.raises(Crash):
+    evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
+                          after_batch=crash_after_first)
+  assert not (workdir / "eval" / "report.json").exists()
+  done = []
+  resumed = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
+                                  after_batch=lambda u, b: done.append((u, b)))
+  assert ("clean", 0) not in done and ("bpda_eot", 0) not in done  # skipped, not redone
+  assert ("bpda_eot", 1) in done
+  strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "attacks")}
+  assert strip(resumed) == strip(full)
+  for name in attacks:
+    assert resumed["attacks"][name]["settings"] == full["attacks"][name]["settings"]

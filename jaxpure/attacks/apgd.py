@@ -1,0 +1,83 @@
+"""APGD (Croce & Hein, ICML 2020) on an EOT gradient estimator, as one `lax.scan`.
+
+Step size starts at 2 eps and is halved at checkpoints w_j when fewer than rho = 0.75 of the
+steps since the last checkpoint increased the loss, or when neither the step size nor the best
+loss changed since then; on halving, the iterate restarts from the best point. Momentum 0.75.
+All state is per example.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxpure.attacks import common
+
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+def checkpoints(num_steps: int) -> list[int]:
+  """The iterations w_j at which the step size may be halved: p_0 = 0, p_1 = 0.22,
+  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N)."""
+  p = [0.0, 0.22]
+  while p[-1] < 1:
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+  return sorted({math.ceil(round(q * num_steps, 6)) for q in p if q <= 1 + 1e-9})
+
+
+def apgd(estimator, params, keys, x, y, s: common.AttackSettings):
+  """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1].
+
+  estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
+  """
+  keys = common.per_example_keys(keys, x.shape[0])
+  n = s.num_steps
+  ws = checkpoints(n)
+  is_ckpt = np.zeros(n + 1, bool)
+  since = np.zeros(n + 1, np.float32)  # steps since the previous checkpoint, at a checkpoint
+  for prev, w in zip(ws[:-1], ws[1:]):
+    if w > 0:
+      is_ckpt[w], since[w] = True, w - prev
+  is_ckpt, since = jnp.asarray(is_ckpt), jnp.asarray(since)
+  bshape = (-1,) + (1,) * (x.ndim - 1)
+  eta0 = 2.0 * s.eps
+
+  x0 = (common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, s.eps)
+        if s.random_start else x)
+  f0, g0 = estimator(params, common.fold(keys, jnp.uint32(2**32 - 2)), x0, y)
+  b = x.shape[0]
+  state = dict(x_prev=x0, x=x0, g=g0, f=f0, x_max=x0, f_max=f0, g_max=g0,
+               eta=jnp.full((b,), eta0, x.dtype), count=jnp.zeros((b,), x.dtype),
+               eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=f0)
+
+  def body(st, k):
+    eta = st["eta"].reshape(bshape)
+    z = common.project(st["x"] + eta * common.ascent_direction(st["g"], s.norm), x, s.norm, s.eps)
+    a = jnp.where(k == 0, 1.0, MOMENTUM)
+    x_new = common.project(st["x"] + a * (z - st["x"]) + (1 - a) * (st["x"] - st["x_prev"]),
+                           x, s.norm, s.eps)
+    f_new, g_new = estimator(params, common.fold(keys, k), x_new, y)
+    count = st["count"] + (f_new > st["f"]).astype(x.dtype)
+    better = f_new > st["f_max"]
+    x_max = jnp.where(better.reshape(bshape), x_new, st["x_max"])
+    g_max = jnp.where(better.reshape(bshape), g_new, st["g_max"])
+    f_max = jnp.where(better, f_new, st["f_max"])
+    at_ckpt = is_ckpt[k + 1]
+    halve = at_ckpt & ((count < RHO * since[k + 1]) |
+                       ((st["eta"] == st["eta_last"]) & (f_max == st["f_max_last"])))
+    hb = halve.reshape(bshape)
+    new_eta = jnp.where(halve, st["eta"] / 2, st["eta"])
+    x_next = jnp.where(hb, x_max, x_new)
+    new = dict(
+        x_prev=jnp.where(hb, x_max, st["x"]), x=x_next, g=jnp.where(hb, g_max, g_new),
+        f=jnp.where(halve, f_max, f_new), x_max=x_max, f_max=f_max, g_max=g_max, eta=new_eta,
+        count=jnp.where(at_ckpt, 0.0, count),
+        eta_last=jnp.where(at_ckpt, new_eta, st["eta_last"]),
+        f_max_last=jnp.where(at_ckpt, f_max, st["f_max_last"]))
+    return new, None
+
+  state, _ = lax.scan(body, state, jnp.arange(n))
+  return state["x_max"]

@@ -1,0 +1,121 @@
+"""Shared pieces of the attacks: settings, the defense they attack, projections, random starts.
+
+Pixels in [0, 1]; threat models are l_inf and l_2 balls of radius eps around x, intersected
+with the image box [0, 1]. Each example has its own key ([B] keys), so an attack never
+couples examples of a batch and gives the same result however the data is batched.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure import purify as purify_lib
+from jaxpure.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """norm: "linf" or "l2"; eps, step_size: in [0, 1] pixel units; num_steps: iterations;
+  n_eot: purifications averaged per gradient (EOT); loss: "ce", "cw" or "dlr" (APGD runs
+  "ce" then "dlr" on the points still robust, as AutoAttack's rand version does);
+  random_start: start uniformly inside the ball (PGD)."""
+  norm: str = "linf"
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  num_steps: int = 40
+  n_eot: int = 1
+  loss: str = "ce"
+  random_start: bool = True
+
+  def __post_init__(self):
+    problems = []
+    numbers = all(isinstance(v, (int, float)) for v in (self.eps, self.step_size))
+    if not numbers:  # traced eps/step_size (one compiled attack for an epsilon sweep)
+      return
+    if self.norm not in NORMS:
+      problems.append(f"norm={self.norm!r} (expected one of {NORMS})")
+    if not self.eps >= 0:
+      problems.append(f"eps={self.eps} (expected >= 0)")
+    if not self.step_size > 0:
+      problems.append(f"step_size={self.step_size} (expected > 0)")
+    if self.num_steps < 1 or self.n_eot < 1:
+      problems.append(f"num_steps={self.num_steps}, n_eot={self.n_eot} (expected >= 1)")
+    if self.loss not in ("ce", "cw", "dlr"):
+      problems.append(f"loss={self.loss!r} (expected 'ce', 'cw' or 'dlr')")
+    if problems:
+      raise ConfigError("bad attack settings: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Defense:
+  """The defense under attack. h(score_params, x): the score field; logits_fn(clf_variables,
+  x) -> [B, K]; purify: the purifier's settings. Its params are passed separately as
+  {"score": ..., "classifier": ...}, so attacks can be jitted once and reused."""
+  h: Callable
+  logits_fn: Callable
+  purify: purify_lib.PurifySettings
+
+  def purified(self, params, x, keys, n: int):
+    """n purifications of x [B, ...]: [n, B, H, W, C] in [0, 1]."""
+    settings = dataclasses.replace(self.purify, restarts=n)
+    return purify_lib.purify(self.h, params["score"], x, keys, settings)
+
+  def classify(self, params, xs):
+    """Logits of images xs [..., B, H, W, C] -> [..., B, K]."""
+    lead = xs.shape[:-3]
+    flat = xs.reshape((-1,) + xs.shape[-3:])
+    out = self.logits_fn(params["classifier"], flat)
+    return out.reshape(lead + out.shape[-1:])
+
+  def logits(self, params, x, keys, n: int):
+    """Logits of n purified copies, [n, B, K]."""
+    return self.classify(params, self.purified(params, x, keys, n))
+
+
+def per_example_keys(keys: jax.Array, batch: int) -> jax.Array:
+  """A single key is split into `batch` keys; a [B] array of keys is returned as is."""
+  return jax.random.split(keys, batch) if keys.ndim == 0 else keys
+
+
+def fold(keys: jax.Array, data) -> jax.Array:
+  """fold_in every per-example key [B] with the same data (an iteration number, a tag)."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
+def _norms(v: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def project(x_adv: jax.Array, x: jax.Array, norm: str, eps: float) -> jax.Array:
+  """Projects x_adv onto the eps-ball around x (per example), then onto [0, 1]."""
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  else:
+    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_norms(delta), 1e-12))
+  return jnp.clip(x + delta, 0.0, 1.0)  # box clipping only shrinks |delta|: still in the ball
+
+
+def ascent_direction(g: jax.Array, norm: str) -> jax.Array:
+  """Steepest-ascent direction of unit norm: sign(g) for l_inf, g / ||g||_2 for l_2."""
+  if norm == "linf":
+    return jnp.sign(g)
+  return g / jnp.maximum(_norms(g), 1e-12)
+
+
+def random_start(keys: jax.Array, x: jax.Array, norm: str, eps: float) -> jax.Array:
+  """A uniform point of the l_inf ball, or a random point of the l_2 ball, inside [0, 1]."""
+  shape = x.shape[1:]
+  if norm == "linf":
+    delta = jax.vmap(lambda k: jax.random.uniform(k, shape, x.dtype, -eps, eps))(keys)
+  else:
+    def one(k):
+      kd, kr = jax.random.split(k)
+      d = jax.random.normal(kd, shape, x.dtype)
+      return d / jnp.linalg.norm(d) * eps * jax.random.uniform(kr, (), x.dtype)
+    delta = jax.vmap(one)(keys)
+  return project(x + delta, x, norm, eps)

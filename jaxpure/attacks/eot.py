@@ -1,0 +1,65 @@
+"""Gradient estimators of the attack loss: `estimator(params, keys, x, y) -> (loss [B], g)`.
+
+g has x's shape [B, H, W, C] and is the direction the attack ascends. Each estimator draws
+its purifications from the per-example keys it is given (the attack folds in the iteration).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure.attacks import losses as losses_lib
+from jaxpure.attacks.common import Defense
+
+
+def classifier_gradient(defense: Defense, loss: str):
+  """The bare classifier's loss gradient (no purifier): the preprocessor-blind attack."""
+  loss_fn = losses_lib.LOSSES[loss]
+
+  def estimator(params, keys, x, y):
+    del keys
+    per_example = lambda x: loss_fn(defense.classify(params, x), y)
+    l, vjp = jax.vjp(per_example, x)
+    return l, vjp(jnp.ones_like(l))[0]
+  return estimator
+
+
+def exact_eot_gradient(defense: Defense, loss: str, n_eot: int):
+  """Exact gradient, by jax.grad through the whole purifier (noise, every scan step, the
+  adaptive step size and the stopping mask), of the loss averaged over n_eot purifications."""
+  loss_fn = losses_lib.LOSSES[loss]
+
+  def estimator(params, keys, x, y):
+    per_example = lambda x: jnp.mean(loss_fn(defense.logits(params, x, keys, n_eot), y), 0)
+    l, vjp = jax.vjp(per_example, x)
+    return l, vjp(jnp.ones_like(l))[0]
+  return estimator
+
+
+def _bpda_per_sample(defense: Defense, loss_fn, params, keys, x, y, n_eot):
+  """Per-EOT-sample losses [n, B] and gradients [n, B, ...] of the classifier at the purified
+  points: the purifier's Jacobian is taken as the identity (BPDA)."""
+  purified = jax.lax.stop_gradient(defense.purified(params, x, keys, n_eot))
+  l, vjp = jax.vjp(lambda p: loss_fn(defense.classify(params, p), y), purified)
+  return l, vjp(jnp.ones_like(l))[0]
+
+
+def bpda_eot_gradient(defense: Defense, loss: str, n_eot: int):
+  """BPDA+EOT: the mean over n_eot purifications of the classifier's gradient at the purified
+  point (identity Jacobian); the attack steps along the sign of this mean."""
+  loss_fn = losses_lib.LOSSES[loss]
+
+  def estimator(params, keys, x, y):
+    l, g = _bpda_per_sample(defense, loss_fn, params, keys, x, y, n_eot)
+    return jnp.mean(l, 0), jnp.mean(g, 0)
+  return estimator
+
+
+def bpda_eot_adp_direction(defense: Defense, loss: str, n_eot: int):
+  """ADP's own BPDA+EOT: one chain per EOT sample and the *sum of per-sample gradient signs*
+  (the l_inf step then takes the sign of that sum) — weaker than the sign of the mean."""
+  loss_fn = losses_lib.LOSSES[loss]
+
+  def estimator(params, keys, x, y):
+    l, g = _bpda_per_sample(defense, loss_fn, params, keys, x, y, n_eot)
+    return jnp.mean(l, 0), jnp.sum(jnp.sign(g), 0)
+  return estimator

@@ -1,0 +1,193 @@
+"""Attacks: exact gradients through the purifier, remat, memory, balls, strength, BPDA."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits
+from jaxpure import attacks as A
+from jaxpure import data, experiment, parallel
+from jaxpure import purify as P
+from jaxpure.attacks import apgd as apgd_lib
+from jaxpure.attacks import eot, pgd as pgd_lib
+
+SHAPE = (4, 4, 4, 1)
+D, K = 16, 5
+
+
+def h_tiny(params, x):
+  """Nonlinear per-example field: tanh(x W + b) - 2 (x - 0.5)."""
+  flat = x.reshape(x.shape[0], -1)
+  return (jnp.tanh(flat @ params["w"] + params["b"]) - 2.0 * (flat - 0.5)).reshape(x.shape)
+
+
+def logits_tiny(params, x):
+  flat = x.reshape(x.shape[0], -1)
+  return jnp.tanh(flat @ params["v"]) @ params["u"]
+
+
+def tiny_params(dtype=np.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  score = {"w": rng.normal(size=(D, D)) * 0.8, "b": rng.normal(size=(D,)) * 0.3}
+  clf = {"v": rng.normal(size=(D, 12)), "u": rng.normal(size=(12, K))}
+  cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)
+  return {"score": cast(score), "classifier": cast(clf)}
+
+
+def tiny_defense(**purify):
+  settings = P.PurifySettings(**dict(dict(sigma_n=0.05, restarts=2, max_iter=4), **purify))
+  return A.Defense(h=h_tiny, logits_fn=logits_tiny, purify=settings)
+
+
+def _inputs(seed=1, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.uniform(0.3, 0.7, size=SHAPE), dtype),
+          jnp.asarray(rng.integers(0, K, size=SHAPE[0])))
+
+
+@pytest.mark.parametrize("purify", [
+    dict(method="gd", step_size=0.02),
+    # adp away from switching points: tau far below every alpha, alpha bounds never reached
+    dict(method="adp", tau=1e-12, alpha_min=1e-9, alpha_max=10.0)])
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_full_gradient_matches_float64_finite_differences(purify, loss):
+  with jax.enable_x64(True):
+    params = tiny_params(np.float64)
+    defense = tiny_defense(**purify)
+    x, y = _inputs(dtype=np.float64)
+    keys = P.example_keys(jax.random.key(0), jnp.arange(SHAPE[0]))
+    est = eot.exact_eot_gradient(defense, loss, n_eot=3)
+    total = lambda x: jnp.sum(est(params, keys, x, y)[0])
+    _, g = est(params, keys, x, y)
+    rng = np.random.default_rng(2)
+    eps = 1e-6
+    for _ in range(4):
+      v = jnp.asarray(rng.normal(size=SHAPE))
+      fd = (float(total(x + eps * v)) - float(total(x - eps * v))) / (2 * eps)
+      np.testing.assert_allclose(float(jnp.sum(g * v)), fd, rtol=1e-5, atol=1e-8)
+    # it is the gradient through the purifier, not the bare classifier's
+    _, g_clf = eot.classifier_gradient(defense, loss)(params, keys, x, y)
+    assert not np.allclose(np.asarray(g), np.asarray(g_clf), rtol=1e-2)
+
+
+def test_checkpointing_changes_no_gradient():
+  params, (x, y) = tiny_params(), _inputs()
+  keys = P.example_keys(jax.random.key(3), jnp.arange(SHAPE[0]))
+  grads = []
+  for remat in (True, False):
+    est = eot.exact_eot_gradient(tiny_defense(remat=remat, max_iter=8), "ce", n_eot=2)
+    grads.append(np.asarray(jax.jit(est)(params, keys, x, y)[1]))
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-7)
+
+
+def _wide_h(params, x):
+  """A field with wide hidden activations per step (the thing remat must not keep)."""
+  flat = x.reshape(x.shape[0], -1)
+  hidden = jnp.tanh(flat @ params["w1"])
+  hidden = jnp.tanh(hidden @ params["w2"])
+  return (hidden @ params["w3"]).reshape(x.shape) - (x - 0.5)
+
+
+def _gradient_temp_bytes(max_iter, remat):
+  rng = np.random.default_rng(0)
+  width = 1024
+  sp = {"w1": jnp.asarray(rng.normal(size=(D, width)) * 0.1, jnp.float32),
+        "w2": jnp.asarray(rng.normal(size=(width, width)) * 0.03, jnp.float32),
+        "w3": jnp.asarray(rng.normal(size=(width, D)) * 0.03, jnp.float32)}
+  params = {"score": sp, "classifier": tiny_params()["classifier"]}
+  defense = A.Defense(h=_wide_h, logits_fn=logits_tiny,
+                      purify=P.PurifySettings(max_iter=max_iter, restarts=1, remat=remat))
+  est = eot.exact_eot_gradient(defense, "ce", n_eot=2)
+  x = jnp.zeros((32, 4, 4, 1))
+  y = jnp.zeros((32,), jnp.int32)
+  keys = P.example_keys(jax.random.key(0), jnp.arange(32))
+  compiled = jax.jit(lambda p, k, x, y: est(p, k, x, y)[1]).lower(params, keys, x, y).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_remat_keeps_gradient_memory_nearly_flat_in_steps():
+  with_remat = {t: _gradient_temp_bytes(t, True) for t in (5, 10, 20)}
+  without = {t: _gradient_temp_bytes(t, False) for t in (5, 10, 20)}
+  per_step = (with_remat[20] - with_remat[10]) / 10
+  per_step_without = (without[20] - without[10]) / 10
+  carried = 2 * 32 * D * 4  # one iterate per EOT sample, float32 [2 x 32 x 16]
+  # linear at most: the second 10 steps cost no more than twice the first 5-to-10 increment
+  assert with_remat[20] - with_remat[10] <= 2 * max(with_remat[10] - with_remat[5], carried) + 4096
+  assert per_step <= 16 * carried, (with_remat, without)  # a small per-step term
+  assert per_step_without >= 5 * max(per_step, carried), (with_remat, without)
+
+
+@pytest.mark.parametrize("name", A.ATTACKS)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.3)])
+def test_attacks_stay_in_the_ball_and_the_box(name, norm, eps):
+  if name == "bpda_eot_adp" and norm == "l2":
+    pytest.skip("ADP's sign-of-signs step is an l_inf attack")
+  params = tiny_params()
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.uniform(0, 1, size=(6, 4, 4, 1)), jnp.float32)  # pixels near 0 and 1
+  y = jnp.asarray(rng.integers(0, K, size=6))
+  s = A.AttackSettings(norm=norm, eps=eps, step_size=eps / 2, num_steps=4, n_eot=2)
+  x_adv = np.asarray(A.make_attack(name, tiny_defense(), s)(params, jax.random.key(0), x, y))
+  assert x_adv.min() >= 0 and x_adv.max() <= 1
+  delta = (x_adv - np.asarray(x)).reshape(6, -1)
+  if norm == "linf":
+    assert np.abs(delta).max() <= eps + 1e-6
+  else:
+    assert np.linalg.norm(delta, axis=1).max() <= eps + 1e-5
+  assert np.abs(delta).max() > 0  # it moved
+
+
+def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point():
+  params, defense = tiny_params(), tiny_defense()
+  x, y = _inputs()
+  keys = P.example_keys(jax.random.key(5), jnp.arange(SHAPE[0]))
+  _, g = eot.bpda_eot_gradient(defense, "ce", n_eot=1)(params, keys, x, y)
+  purified = defense.purified(params, x, keys, 1)[0]
+  want = jax.grad(lambda p: jnp.sum(
+      eot.losses_lib.cross_entropy(logits_tiny(params["classifier"], p), y)))(purified)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-5, atol=1e-7)
+  # ADP's variant steps along the sum of per-sample signs
+  _, d = eot.bpda_eot_adp_direction(defense, "ce", n_eot=1)(params, keys, x, y)
+  np.testing.assert_array_equal(np.asarray(d), np.sign(np.asarray(want)))
+
+
+def test_apgd_checkpoints_follow_the_paper():
+  assert apgd_lib.checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+  config = digits.get_config()
+  config.classifier.num_steps = 300
+  mesh = parallel.make_mesh()
+  split = data.open_split("digits", "train")
+  state, _ = experiment.train_model("classifier", config, str(tmp_path_factory.mktemp("clf")),
+                                    split, jax.random.key(0), mesh,
+                                    should_stop=lambda: False, print_fn=lambda s: None)
+  x, y = data.read_all(data.open_split("digits", "test"), 256)
+  variables = {"params": state.ema_params, **state.model_state}
+  return config, variables, jnp.asarray(x), jnp.asarray(y)
+
+
+def test_pgd_and_apgd_break_an_undefended_digits_classifier(digits_classifier):
+  config, variables, x, y = digits_classifier
+  logits_fn = experiment.classifier_logits(experiment.classifier_module(config))
+  defense = A.Defense(h=None, logits_fn=logits_fn, purify=P.PurifySettings())
+  params = {"score": None, "classifier": variables}
+  clean = float(jnp.mean(jnp.argmax(logits_fn(variables, x), -1) == y))
+  assert clean > 0.9
+  s = A.AttackSettings(eps=config.attack.eps, num_steps=config.attack.pgd_clf.num_steps,
+                       step_size=config.attack.pgd_clf.step_size)
+  est = eot.classifier_gradient(defense, "ce")
+  keys = P.example_keys(jax.random.key(1), jnp.arange(x.shape[0]))
+  x_pgd = jax.jit(lambda p, k, x, y: pgd_lib.pgd(est, p, k, x, y, s))(params, keys, x, y)
+  pgd_acc = float(jnp.mean(jnp.argmax(logits_fn(variables, x_pgd), -1) == y))
+  assert pgd_acc <= 0.05, pgd_acc
+  x_apgd = jax.jit(lambda p, k, x, y: apgd_lib.apgd(est, p, k, x, y, s))(params, keys, x, y)
+  apgd_acc = float(jnp.mean(jnp.argmax(logits_fn(variables, x_apgd), -1) == y))
+  se = np.sqrt(max(pgd_acc * (1 - pgd_acc), 1e-12) / x.shape[0])
+  assert apgd_acc <= pgd_acc + max(se, 1 / x.shape[0]), (apgd_acc, pgd_acc)
+  assert float(jnp.max(jnp.abs(x_apgd - x))) <= config.attack.eps + 1e-6
