@@ -23,3 +23,14 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("JAXPURE_TEST_CACHE") or tempfile.mkdtemp(prefix="jaxpure_xla_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Multi-process tests run only when asked for (-m multihost or -k multihost)."""
+  asked = "multihost" in (config.option.markexpr or "") + (config.option.keyword or "")
+  if asked:
+    return
+  skipped = [item for item in items if item.get_closest_marker("multihost")]
+  if skipped:
+    config.hook.pytest_deselected(items=skipped)
+    items[:] = [item for item in items if not item.get_closest_marker("multihost")]

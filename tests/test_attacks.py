@@ -1,6 +1,5 @@
 """Attacks: exact gradients through the purifier, remat, memory, balls, strength, BPDA."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,6 @@ settings' eps-ball around x and in [0, 1].
   apgd_eot      APGD-CE then APGD-DLR (on points CE did not break), exact EOT gradients
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,6 @@ All state is per example.
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax

@@ -1,6 +1,5 @@
 """Projected gradient ascent with a random start, as one `lax.scan` over iterations."""
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
