@@ -7,7 +7,6 @@ a batch purifies exactly as its examples would one by one (with the same keys).
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -189,15 +188,3 @@ def ensemble(logits: jax.Array) -> dict[str, jax.Array]:
   return {"mean_softmax": jnp.argmax(jnp.mean(jax.nn.softmax(logits, -1), 0), -1),
           "mean_logits": jnp.argmax(jnp.mean(logits, 0), -1),
           "majority_vote": jnp.argmax(votes, -1)}
-
-
-def defend(h, score_params, logits_fn: Callable, clf_variables, x, keys, settings):
-  """The full defense: purify with R restarts, classify each copy, ensemble.
-
-  Returns (predictions {readout: [B]}, logits [R, B, K]).
-  """
-  purified = purify(h, score_params, x, keys, settings)
-  r, b = purified.shape[:2]
-  logits = logits_fn(clf_variables, purified.reshape((r * b,) + purified.shape[2:]))
-  logits = logits.reshape(r, b, -1)
-  return ensemble(logits), logits
