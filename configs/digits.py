@@ -57,5 +57,7 @@ def get_config():
   # On digits more steps beat more EOT samples for the exact-gradient PGD (measured on 64
   # test digits: 40 steps x 2 EOT 0.16, 20 x 4 0.22, 10 x 8 0.33 robust accuracy).
   config.attack.pgd_eot_full.update(num_steps=40, step_size=0.02, n_eot=2)
-  config.attack.apgd_eot.update(num_steps=20, step_size=0.025, n_eot=2)
+  # APGD gets the same 40 steps x 2 EOT per loss (CE, then DLR): on 128 test digits APGD-CE
+  # alone matched PGD (0.234 both), while 20 steps per loss left 0.320.
+  config.attack.apgd_eot.update(num_steps=40, step_size=0.025, n_eot=2)
   return config

@@ -128,7 +128,9 @@ def classifier_logits(module):
   return lambda variables, x: module.apply(variables, x, train=False)
 
 
-def _loss_fn(kind: str, config, module):
+def loss_function(kind: str, config, module):
+  """loss(params, model_state, batch, key) -> (loss, (model_state, metrics)) for `kind`:
+  the DSM loss over config.score's noise levels, or the classifier's cross-entropy."""
   if kind == "score":
     h, levels = score_h(module), sigmas(config)
 
@@ -228,7 +230,7 @@ def train_model(kind: str, config, workdir: str, split, key, mesh, *,
     return state, True
   opt = training.make_optimizer(optimizer_settings(section))
   ema = training.make_ema(optimizer_settings(section))
-  step_fn = training.make_train_step(_loss_fn(kind, config, module), opt, ema, mesh)
+  step_fn = training.make_train_step(loss_function(kind, config, module), opt, ema, mesh)
   batches = data.TrainBatches(split, data_key, section.batch_size, mesh,
                               random_flip=config.data.random_flip and kind == "score")
   result = training.train_loop(

@@ -153,6 +153,24 @@ def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point():
   np.testing.assert_array_equal(np.asarray(d), np.sign(np.asarray(want)))
 
 
+def test_apgd_eot_keeps_the_more_adversarial_of_its_ce_and_dlr_runs():
+  params, defense = tiny_params(), tiny_defense(restarts=3)
+  x, y = _inputs()
+  keys = P.example_keys(jax.random.key(6), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, num_steps=6, n_eot=2)
+  x_adv = np.asarray(jax.jit(A.attack_function("apgd_eot", defense, s))(params, keys, x, y))
+  runs = {loss: np.asarray(apgd_lib.apgd(eot.exact_eot_gradient(defense, loss, 2), params,
+                                         A.fold(keys, tag), x, y, s))
+          for loss, tag in (("ce", 1), ("dlr", 2))}
+  probs = lambda xc: jnp.mean(jax.nn.softmax(defense.logits(
+      params, jnp.asarray(xc), A.fold(keys, 3), 3), -1), 0)
+  margins = {k: -np.asarray(eot.losses_lib.cw_margin(probs(v), y)) for k, v in runs.items()}
+  assert not np.array_equal(runs["ce"], runs["dlr"])
+  for i in range(SHAPE[0]):
+    pick = "dlr" if margins["dlr"][i] < margins["ce"][i] else "ce"
+    np.testing.assert_array_equal(x_adv[i], runs[pick][i])
+
+
 def test_apgd_checkpoints_follow_the_paper():
   assert apgd_lib.checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
 

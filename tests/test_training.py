@@ -38,7 +38,7 @@ def _run_steps(kind, config, mesh, split, num_steps):
   key = jax.random.key(0)
   state = experiment.init_train_state(kind, config, module, key, mesh)
   settings = experiment.optimizer_settings(config[kind])
-  step = training.make_train_step(experiment._loss_fn(kind, config, module),
+  step = training.make_train_step(experiment.loss_function(kind, config, module),
                                   training.make_optimizer(settings), training.make_ema(settings),
                                   mesh)
   batches = data.TrainBatches(split, jax.random.key(1), config[kind].batch_size, mesh,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxpure import parallel
 from jaxpure.attacks import apgd as apgd_lib
-from jaxpure.attacks import eot, pgd as pgd_lib
+from jaxpure.attacks import eot, losses as losses_lib, pgd as pgd_lib
 from jaxpure.attacks.common import AttackSettings, Defense, per_example_keys, fold, project
 from jaxpure.errors import ConfigError
 
@@ -52,10 +52,15 @@ def _apgd_ce_then_dlr(defense: Defense, s: AttackSettings):
     keys = per_example_keys(keys, x.shape[0])
     x_ce = apgd_lib.apgd(ce, params, fold(keys, 1), x, y, s)
     x_dlr = apgd_lib.apgd(dlr, params, fold(keys, 2), x, y, s)
-    # Keep CE's point where the defense (attack-time samples) already errs on it.
-    logits = defense.logits(params, x_ce, fold(keys, 3), s.n_eot)
-    robust = jnp.argmax(jnp.mean(jax.nn.softmax(logits, -1), 0), -1) == y
-    return jnp.where(robust[:, None, None, None], x_dlr, x_ce)
+    # Per example, keep the candidate the defense (R purifications drawn from the attack's
+    # own keys, the same ones for both) is furthest from classifying correctly: the margin
+    # of its mean softmax, true class minus the best other class. A few EOT samples would
+    # pick by noise.
+    select_keys = fold(keys, 3)
+    margin = lambda xc: -losses_lib.cw_margin(jnp.mean(jax.nn.softmax(
+        defense.logits(params, xc, select_keys, defense.purify.restarts), -1), 0), y)
+    use_dlr = margin(x_dlr) < margin(x_ce)
+    return jnp.where(use_dlr[:, None, None, None], x_dlr, x_ce)
   return run
 
 

@@ -1,0 +1,343 @@
+"""A PyTorch reference of ADP purification (DESIGN §1), for timing and cross-checking jaxpure.
+
+Written here from DESIGN §1 and from jaxpure's layer definitions, not copied from any public
+code base. Two purifiers share one network:
+
+- `purify_official_loop`: structured like ADP's official code: a Python loop over the R
+  restarts, a Python loop over the T steps, and the stopping test read back on the host at
+  every step (the chain breaks as soon as all its examples have stopped); `torch.no_grad`.
+- `make_batched_purifier`: the R restarts folded into the batch axis, the stopping mask kept
+  on the device (`torch.where`, no host synchronisation), `torch.inference_mode`, and the
+  step optionally `torch.compile`d.
+
+`TorchNCSNv2` is jaxpure's `NCSNv2` (score head) layer for layer, in NCHW; its parameter
+names mirror the Flax parameter tree, so `load_flax_params` converts a Flax `params` tree
+(HWIO kernels) into its state dict (OIHW kernels) by name, strictly.
+
+Pixels are in [0, 1]. Tensors here are NCHW (`[N, C, H, W]`); jaxpure's are NHWC.
+This module imports torch and NumPy only: it takes Flax parameters as nested dicts of arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- network
+def _conv3x3(cin: int, cout: int, dilation: int = 1, bias: bool = True) -> nn.Conv2d:
+  """3x3 conv, stride 1, padding = dilation: same output size, as jaxpure's `conv3x3`."""
+  return nn.Conv2d(cin, cout, 3, stride=1, padding=dilation, dilation=dilation, bias=bias)
+
+
+def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
+  return nn.Conv2d(cin, cout, 1, stride=1, padding=0, bias=True)
+
+
+class InstanceNormPlus(nn.Module):
+  """InstanceNorm++ as jaxpure's: per example and channel, spatial mean mu_c and (biased)
+  variance v_c; m, s2 the mean and biased variance of mu_c over channels;
+  out = gamma_c ((x - mu_c) / sqrt(v_c + eps) + alpha_c (mu_c - m) / sqrt(s2 + eps)) + beta_c.
+
+  x: [N, C, H, W]; returns the same shape.
+  """
+
+  def __init__(self, channels: int, eps: float = 1e-5):
+    super().__init__()
+    self.eps = eps
+    self.alpha = nn.Parameter(torch.ones(channels))
+    self.gamma = nn.Parameter(torch.ones(channels))
+    self.beta = nn.Parameter(torch.zeros(channels))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, correction=0)
+    h = (x - mu) / torch.sqrt(var + self.eps)
+    m = mu.mean(dim=1, keepdim=True)
+    s2 = mu.var(dim=1, keepdim=True, correction=0)
+    view = (1, -1, 1, 1)
+    h = h + self.alpha.view(view) * ((mu - m) / torch.sqrt(s2 + self.eps))
+    return self.gamma.view(view) * h + self.beta.view(view)
+
+
+class ResidualBlock(nn.Module):
+  """jaxpure's `ResidualBlock`: (norm -> ELU -> conv) twice plus a shortcut.
+
+  `down` without dilation halves H, W (conv, then 2x2 mean pool; shortcut 1x1 conv + pool);
+  with dilation > 1 the resolution is kept and the shortcut is a dilated 3x3 conv.
+  x: [N, cin, H, W] -> [N, features, H', W'].
+  """
+
+  def __init__(self, cin: int, features: int, down: bool = False, dilation: int = 1):
+    super().__init__()
+    self.down, self.dilation = down, dilation
+    d = dilation
+    self.norm1 = InstanceNormPlus(cin)
+    mid = cin if down else features
+    self.conv1 = _conv3x3(cin, mid, d)
+    self.norm2 = InstanceNormPlus(mid)
+    self.conv2 = _conv3x3(mid, features, d)
+    if down or cin != features:
+      self.shortcut = _conv3x3(cin, features, d) if d > 1 else _conv1x1(cin, features)
+    else:
+      self.shortcut = None
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    h = self.conv1(F.elu(self.norm1(x)))
+    h = self.conv2(F.elu(self.norm2(h)))
+    shortcut = x if self.shortcut is None else self.shortcut(x)
+    if self.down and self.dilation == 1:
+      h, shortcut = F.avg_pool2d(h, 2), F.avg_pool2d(shortcut, 2)
+    return shortcut + h
+
+
+class RCU(nn.Module):
+  """Residual conv units: n_blocks times x + (ELU -> conv3x3 no bias)^n_stages (x)."""
+
+  def __init__(self, channels: int, n_blocks: int, n_stages: int = 2):
+    super().__init__()
+    self.n_blocks, self.n_stages = n_blocks, n_stages
+    for i in range(n_blocks):
+      for j in range(n_stages):
+        setattr(self, f"conv_{i}_{j}", _conv3x3(channels, channels, bias=False))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for i in range(self.n_blocks):
+      residual = x
+      for j in range(self.n_stages):
+        x = getattr(self, f"conv_{i}_{j}")(F.elu(x))
+      x = x + residual
+    return x
+
+
+class CRP(nn.Module):
+  """Chained residual pooling, 5x5 stride-1 pools: max pads with -inf (`max_pool2d`
+  padding), avg pads with zeros and divides by 25 (`count_include_pad=True`)."""
+
+  def __init__(self, channels: int, n_stages: int = 2, pool: str = "max"):
+    super().__init__()
+    if pool not in ("max", "avg"):
+      raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    self.n_stages, self.pool = n_stages, pool
+    for i in range(n_stages):
+      setattr(self, f"conv_{i}", _conv3x3(channels, channels, bias=False))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = F.elu(x)
+    path = x
+    for i in range(self.n_stages):
+      if self.pool == "max":
+        path = F.max_pool2d(path, 5, stride=1, padding=2)
+      else:
+        path = F.avg_pool2d(path, 5, stride=1, padding=2, count_include_pad=True)
+      path = getattr(self, f"conv_{i}")(path)
+      x = x + path
+    return x
+
+
+class MSF(nn.Module):
+  """Multi-resolution fusion: conv3x3 each input, bilinear (aligned corners) up to the
+  largest input, sum."""
+
+  def __init__(self, in_channels: Sequence[int], features: int):
+    super().__init__()
+    self.n = len(in_channels)
+    for i, c in enumerate(in_channels):
+      setattr(self, f"conv_{i}", _conv3x3(c, features))
+
+  def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    size = (max(x.shape[-2] for x in xs), max(x.shape[-1] for x in xs))
+    out = 0.0
+    for i, x in enumerate(xs):
+      y = getattr(self, f"conv_{i}")(x)
+      if tuple(y.shape[-2:]) != size:
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=True)
+      out = out + y
+    return out
+
+
+class RefineBlock(nn.Module):
+  """RCU(2) on each input -> MSF (several inputs or a channel change) -> CRP -> RCU(3 if
+  end else 1)."""
+
+  def __init__(self, in_channels: Sequence[int], features: int, end: bool = False,
+               pool: str = "max"):
+    super().__init__()
+    self.n = len(in_channels)
+    for i, c in enumerate(in_channels):
+      setattr(self, f"adapt_{i}", RCU(c, 2, 2))
+    self.use_msf = len(in_channels) > 1 or in_channels[0] != features
+    self.msf = MSF(in_channels, features) if self.use_msf else None
+    self.crp = CRP(features, 2, pool)
+    self.output = RCU(features, 3 if end else 1, 2)
+
+  def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    hs = [getattr(self, f"adapt_{i}")(x) for i, x in enumerate(xs)]
+    h = self.msf(hs) if self.use_msf else hs[0]
+    return self.output(self.crp(h))
+
+
+class TorchNCSNv2(nn.Module):
+  """jaxpure's NCSNv2 RefineNet with the score head, in NCHW.
+
+  x: [N, channels, H, W] float32 in about [0, 1], H, W even; returns h(x), same shape.
+  """
+
+  def __init__(self, ngf: int, channels: int, pool: str = "max"):
+    super().__init__()
+    self.begin_conv = _conv3x3(channels, ngf)
+    self.res1_0 = ResidualBlock(ngf, ngf)
+    self.res1_1 = ResidualBlock(ngf, ngf)
+    self.res2_0 = ResidualBlock(ngf, 2 * ngf, down=True)
+    self.res2_1 = ResidualBlock(2 * ngf, 2 * ngf)
+    self.res3_0 = ResidualBlock(2 * ngf, 2 * ngf, down=True, dilation=2)
+    self.res3_1 = ResidualBlock(2 * ngf, 2 * ngf, dilation=2)
+    self.res4_0 = ResidualBlock(2 * ngf, 2 * ngf, down=True, dilation=4)
+    self.res4_1 = ResidualBlock(2 * ngf, 2 * ngf, dilation=4)
+    self.refine4 = RefineBlock([2 * ngf], 2 * ngf, pool=pool)
+    self.refine3 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf, pool=pool)
+    self.refine2 = RefineBlock([2 * ngf, 2 * ngf], ngf, pool=pool)
+    self.refine1 = RefineBlock([ngf, ngf], ngf, end=True, pool=pool)
+    self.end_norm = InstanceNormPlus(ngf)
+    self.end_conv = _conv3x3(ngf, channels)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    h = self.begin_conv(2.0 * x - 1.0)
+    layer1 = self.res1_1(self.res1_0(h))
+    layer2 = self.res2_1(self.res2_0(layer1))
+    layer3 = self.res3_1(self.res3_0(layer2))
+    layer4 = self.res4_1(self.res4_0(layer3))
+    ref = self.refine4([layer4])
+    ref = self.refine3([layer3, ref])
+    ref = self.refine2([layer2, ref])
+    ref = self.refine1([layer1, ref])
+    return self.end_conv(F.elu(self.end_norm(ref)))
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, prefix + (str(key),)))
+    else:
+      out[prefix + (str(key),)] = np.asarray(value)
+  return out
+
+
+def flax_to_state_dict(params: Mapping) -> dict[str, torch.Tensor]:
+  """Torch state dict of `TorchNCSNv2` from a Flax NCSNv2 `params` tree (nested dicts).
+
+  Conv kernels HWIO -> OIHW; biases and InstanceNorm++ alpha/gamma/beta unchanged; the
+  names are the Flax paths joined by '.', with `kernel` renamed `weight`.
+  """
+  state = {}
+  for path, value in _flatten(params).items():
+    if path[-1] == "kernel":
+      if value.ndim != 4:
+        raise ValueError(f"expected a 4-D conv kernel at {'/'.join(path)}, got {value.shape}")
+      value, path = value.transpose(3, 2, 0, 1), path[:-1] + ("weight",)
+    state[".".join(path)] = torch.from_numpy(np.array(value, dtype=np.float32, copy=True))
+  return state
+
+
+def net_from_flax(params: Mapping, ngf: int, channels: int, pool: str = "max") -> TorchNCSNv2:
+  """`TorchNCSNv2` in eval mode holding the Flax `params` (strict: every name must match)."""
+  net = TorchNCSNv2(ngf, channels, pool)
+  net.load_state_dict(flax_to_state_dict(params), strict=True)
+  return net.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- purifiers
+@dataclasses.dataclass(frozen=True)
+class AdpSettings:
+  """ADP's step settings (DESIGN §1; same meaning as jaxpure.purify.PurifySettings)."""
+  max_iter: int = 10
+  lam: float = 0.05
+  delta: float = 1e-3
+  tau: float = 1e-3
+  alpha_min: float = 1e-5
+  alpha_max: float = 1e-1
+
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+  """Per-example inner product of [N, C, H, W] tensors -> [N]."""
+  return (a * b).sum(dim=(1, 2, 3))
+
+
+def adp_alpha(net: Net, x: torch.Tensor, g: torch.Tensor, s: AdpSettings) -> torch.Tensor:
+  """ADP's step alpha = clip(lam delta / (1 - z), alpha_min, alpha_max), a non-finite value
+  giving alpha_max, with z = <g, h(x + delta g)> / <g, g>; x, g [N, C, H, W] -> [N]."""
+  z = _dot(g, net(x + s.delta * g)) / _dot(g, g).clamp_min(1e-30)
+  alpha = (s.lam * s.delta) / (1.0 - z)
+  alpha = torch.where(torch.isfinite(alpha), alpha, torch.full_like(alpha, s.alpha_max))
+  return alpha.clamp(s.alpha_min, s.alpha_max)
+
+
+def purify_official_loop(net: Net, x0: torch.Tensor, s: AdpSettings,
+                         steps_run: list[int] | None = None) -> torch.Tensor:
+  """ADP as its official code runs it: for each restart, for each step, test on the host.
+
+  x0: [R, B, C, H, W] float32 in [0, 1], the already randomised inputs of the R restarts.
+  An example stops for good at the first step with alpha <= tau (and takes no step there);
+  a restart's chain ends when all its examples have stopped (read back with `.cpu()`).
+  Returns the purified [R, B, C, H, W] in [0, 1]. If `steps_run` is a list, the number of
+  steps each restart's chain ran (each costing two network evaluations) is appended to it.
+  """
+  out = []
+  with torch.no_grad():
+    for r in range(x0.shape[0]):
+      x = x0[r].clone()
+      active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+      t = 0
+      while t < s.max_iter:
+        g = net(x)
+        alpha = adp_alpha(net, x, g, s)
+        active = active & (alpha > s.tau)
+        t += 1
+        if not active.cpu().numpy().any():  # host synchronisation at every step
+          break
+        alpha = torch.where(active, alpha, torch.zeros_like(alpha))
+        x = (x + alpha.view(-1, 1, 1, 1) * g).clamp(0.0, 1.0)
+      out.append(x)
+      if steps_run is not None:
+        steps_run.append(t)
+  return torch.stack(out)
+
+
+def batched_step(net: Net, x: torch.Tensor, active: torch.Tensor, s: AdpSettings):
+  """One ADP step on [N, C, H, W] with the stopping mask [N] bool kept on the device."""
+  g = net(x)
+  alpha = adp_alpha(net, x, g, s)
+  active = active & (alpha > s.tau)
+  alpha = torch.where(active, alpha, torch.zeros_like(alpha))
+  return (x + alpha.view(-1, 1, 1, 1) * g).clamp(0.0, 1.0), active
+
+
+def make_batched_purifier(net: Net, s: AdpSettings, compile: bool = False):
+  """`purify(x0 [R, B, C, H, W]) -> [R, B, C, H, W]`, all R*B chains as one batch, all T
+  steps run (stopped examples take zero steps), no host synchronisation, inference mode.
+
+  With `compile`, the step is `torch.compile`d (compiled on the first call, per shape).
+  """
+  step = lambda x, active: batched_step(net, x, active, s)
+  if compile:
+    step = torch.compile(step, dynamic=False)
+
+  def purify(x0: torch.Tensor) -> torch.Tensor:
+    r, b = x0.shape[:2]
+    with torch.inference_mode():
+      x = x0.reshape((r * b,) + tuple(x0.shape[2:]))
+      active = torch.ones(r * b, dtype=torch.bool, device=x.device)
+      for _ in range(s.max_iter):
+        x, active = step(x, active)
+      return x.reshape(x0.shape)
+
+  return purify

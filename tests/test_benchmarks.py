@@ -1,0 +1,50 @@
+"""Benchmark scripts: they run, print measured numbers, and refuse missing devices in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPTS = ("bench_train.py", "bench_attack_memory.py")
+
+
+def _run(script, *args, timeout=600):
+  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_missing_gpu_is_one_line_and_exit_2(script):
+  out = _run(script, "--quick", "--device", "gpu")
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "no JAX GPU" in lines[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+
+
+def test_bench_train_reports_measured_throughput(tmp_path):
+  report = tmp_path / "train.json"
+  out = _run("bench_train.py", "--quick", "--steps", "2", "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())["results"][0]
+  assert r["config"] == "digits" and r["devices"] == 8 and r["timed_steps"] == 2
+  assert r["images_per_second"] == pytest.approx(r["global_batch"] / r["median_step_seconds"])
+  assert r["xla_flops_per_step"] > 0
+  assert f"digits: {r['images_per_second']:.1f} images/s" in out.stdout
+
+
+def test_bench_attack_memory_grows_far_slower_with_checkpointing(tmp_path):
+  report = tmp_path / "memory.json"
+  out = _run("bench_attack_memory.py", "--quick", "--steps", "2,6", "--batch", "8",
+             "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads(report.read_text())["rows"]
+  grow = {tag: rows[1][f"compiled_{tag}"]["temp"] - rows[0][f"compiled_{tag}"]["temp"]
+          for tag in ("checkpoint", "no_checkpoint")}
+  assert grow["no_checkpoint"] > 10 * max(grow["checkpoint"], 1), grow
+  assert "growth per step (checkpoint)" in out.stdout
