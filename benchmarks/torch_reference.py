@@ -321,23 +321,26 @@ def batched_step(net: Net, x: torch.Tensor, active: torch.Tensor, s: AdpSettings
   return (x + alpha.view(-1, 1, 1, 1) * g).clamp(0.0, 1.0), active
 
 
-def make_batched_purifier(net: Net, s: AdpSettings, compile: bool = False):
+def make_batched_purifier(net: Net, s: AdpSettings, compile: bool = False,
+                          channels_last: bool = False):
   """`purify(x0 [R, B, C, H, W]) -> [R, B, C, H, W]`, all R*B chains as one batch, all T
   steps run (stopped examples take zero steps), no host synchronisation, inference mode.
 
-  With `compile`, the step is `torch.compile`d (compiled on the first call, per shape).
+  channels_last: run in NHWC memory layout (`net` must have been converted with
+  `net.to(memory_format=torch.channels_last)`; the result is the same). compile: the
+  network is `torch.compile`d (compiled on the first call, once per shape and dtype).
   """
-  step = lambda x, active: batched_step(net, x, active, s)
   if compile:
-    step = torch.compile(step, dynamic=False)
+    net = torch.compile(net, dynamic=False)
+  layout = torch.channels_last if channels_last else torch.contiguous_format
 
   def purify(x0: torch.Tensor) -> torch.Tensor:
     r, b = x0.shape[:2]
     with torch.inference_mode():
-      x = x0.reshape((r * b,) + tuple(x0.shape[2:]))
+      x = x0.reshape((r * b,) + tuple(x0.shape[2:])).contiguous(memory_format=layout)
       active = torch.ones(r * b, dtype=torch.bool, device=x.device)
       for _ in range(s.max_iter):
-        x, active = step(x, active)
+        x, active = batched_step(net, x, active, s)
       return x.reshape(x0.shape)
 
   return purify
