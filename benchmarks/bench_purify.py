@@ -1,34 +1,48 @@
 """Purification throughput: jaxpure's jitted ADP purifier against two PyTorch versions.
 
   pip install -e ".[bench]"
-  python benchmarks/bench_purify.py --quick                       # digits-size net, minutes
-  python benchmarks/bench_purify.py                               # CIFAR-10 size (slow on CPU)
+  python benchmarks/bench_purify.py --quick                        # digits-size net, minutes
   python benchmarks/bench_purify.py --quick --workdir runs/digits  # a trained score network
+  python benchmarks/bench_purify.py                                # CIFAR-10 size (GPU-sized)
+  python benchmarks/bench_purify.py --batch 2 --restarts 2        # CIFAR-10 size, cut down
 
-In one process and on the same inputs, weights and noise it times
-- `jaxpure`: `jaxpure.purify.make_purifier(h, settings)` (ADP: one `lax.scan`, vmapped
-  restarts, noise drawn inside from the per-example keys), after compilation;
-- `pytorch_official_loop`: `torch_reference.purify_official_loop` (loops over restarts and
-  steps, host synchronisation every step, early break when a chain has stopped);
-- `pytorch_batched`: `torch_reference.make_batched_purifier` (restarts in the batch, no host
-  synchronisation, inference mode), eager and `torch.compile`d; the faster of the two counts.
-The PyTorch versions get the weights converted from the Flax parameters and the very x0
-(randomised inputs of all R restarts) that jaxpure draws from its keys, read from jaxpure's
-own trace. Their outputs must agree with jaxpure's to --tolerance (max abs difference) before
-anything is timed; otherwise the script says so and exits 1.
+In one process, on the same inputs, weights and noise, it times
+- `jaxpure`: the real `jaxpure.purify.make_purifier(h, settings)` (one `lax.scan` of ADP
+  steps, vmapped restarts, noise drawn inside from per-example keys), after compilation
+  (compile time reported apart);
+- `pytorch_official_loop`: `torch_reference.purify_official_loop`, structured as ADP's
+  official code: Python loops over restarts and steps, the stopping test read back on the
+  host every step (a restart's chain breaks once all its examples have stopped), no_grad;
+- `pytorch_batched`: `torch_reference.make_batched_purifier`: restarts folded into the
+  batch, the stopping mask kept on the device, inference_mode, channels_last on CPU; eager,
+  and also `torch.compile`d unless --torch_compile off (default off with --quick, where
+  compiling takes minutes on 2 CPU cores); the faster of the two is `pytorch_batched`.
+The PyTorch networks carry the Flax parameters (converted by name, HWIO -> OIHW) and start
+from the very x0 (randomised inputs of all R restarts) that jaxpure draws from its keys, read
+from jaxpure's own trace.
 
-images/s = B / (seconds to purify a batch of B images with all R restarts and T steps);
-each number is the median of --repeats timed runs after one untimed warm-up run, the
-implementations taking turns within every repeat. Without --workdir the score network has
-jaxpure's random initialisation (the same init as training): fine for timing, though how
-many steps examples take before stopping depends on the weights, and that changes the
-official loop's time (it breaks early), not the others'.
+Agreement, checked before any timing (exit 1 if it fails): on the first --check_batch
+images with all R restarts and T steps, in float64, every PyTorch variant's purified images
+must equal jaxpure's to --tolerance (max abs difference, default 1e-4; measured ~1e-12).
+float64 because ADP's step size, lam delta / (1 - <g, h(x + delta g)> / <g, g>) with
+delta = 1e-3, is a finite difference: the ~1e-6 float32 rounding differences of two
+convolution libraries move alpha by up to ~1e-2 relative, and the float32 outputs of any two
+implementations (two PyTorch batch sizes included) differ by ~5e-3 after 10 steps. Those
+float32 differences on the timed batch are printed too, as information.
 
-Modes: --quick: configs/digits.py (8x8x1, ngf 8), 256 test digits. Default (full):
-configs/cifar10.py (32x32x3, ngf 128), batch 100 (CIFAR-10 test images when the TFDS set is
-prepared, else uniform noise images). Both: ADP defaults from the config (T 10, R 10).
+images/s = B / (seconds to purify a batch of B images with all R restarts and T steps): the
+median of --repeats timed runs, after an untimed warm-up round, the implementations taking
+turns within every round. torch uses torch.set_num_threads(<CPUs available>); XLA sizes its
+own thread pool. Without --workdir the score network has jaxpure's random initialisation
+(the same init as training): fine for timing, except that how many steps examples take before
+stopping depends on the weights, which changes the official loop's time (it breaks early).
+
+Modes: --quick: configs/digits.py (8x8x1, ngf 8), B = 256 digits test images. Default (full):
+configs/cifar10.py (32x32x3, ngf 128), B = 100 (CIFAR-10 test images if the TFDS set is
+prepared, else uniform noise images): ~280 TFLOP per purification, for a GPU (--device gpu);
+on a CPU cut it down with --batch/--restarts. Both: the config's ADP settings (T 10, R 10).
 Bad input (an absent device, a mode that does not fit in memory, an energy head, a bad
-checkpoint) prints one line on stderr and exits 2.
+checkpoint or flag) prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -38,21 +52,15 @@ import dataclasses
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (REPO_ROOT, os.path.dirname(os.path.abspath(__file__))):
-  if path not in sys.path:
-    sys.path.insert(0, path)
+sys.path.insert(0, REPO_ROOT)
 
-
-def fail(message: str, code: int = 2):
-  """One line on stderr, then exit (2: bad input; 1: the implementations disagree)."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fail  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,23 +71,26 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None) -> argparse.Namespace:
   p = _Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
-                 help="digits-size net (8x8x1, ngf 8), batch 256: minutes on 2 CPU cores")
+                 help="digits-size net (8x8x1, ngf 8), B 256: minutes on 2 CPU cores")
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "cuda"),
-                 help="cpu (default) or gpu/cuda for both JAX and PyTorch")
+                 help="cpu (default) or gpu (= cuda) for both JAX and PyTorch")
   p.add_argument("--config", default=None,
                  help="config file (default configs/digits.py with --quick, else cifar10.py)")
   p.add_argument("--workdir", default=None,
                  help="trained run whose EMA score network to load (default: random init)")
   p.add_argument("--batch", type=int, default=None, help="B (default 256 quick, 100 full)")
-  p.add_argument("--restarts", type=int, default=None, help="R (default: config, 10)")
-  p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5 quick, 3 full)")
+  p.add_argument("--restarts", type=int, default=None, help="R (default: the config's, 10)")
+  p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5 quick, 3 full)")
   p.add_argument("--tolerance", type=float, default=1e-4,
-                 help="max abs difference allowed between outputs (default 1e-4)")
-  p.add_argument("--no_torch_compile", action="store_true", help="do not try torch.compile")
+                 help="max abs difference allowed in the float64 agreement check")
+  p.add_argument("--check_batch", type=int, default=16,
+                 help="images (x all R restarts) in the float64 agreement check (default 16)")
+  p.add_argument("--torch_compile", default="auto", choices=("auto", "on", "off"),
+                 help="also time a torch.compile'd batched variant (auto: off with --quick)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
   args = p.parse_args(argv)
-  for name in ("batch", "restarts", "repeats"):
+  for name in ("batch", "restarts", "repeats", "check_batch"):
     value = getattr(args, name)
     if value is not None and value < 1:
       fail(f"--{name}={value}; expected >= 1")
@@ -91,14 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- set-up
 def select_devices(name: str):
   """(JAX device, torch device string) for "cpu" or "gpu"/"cuda"; exits 2 if absent."""
-  import jax
   import torch
   if name == "cpu":
-    return jax.devices("cpu")[0], "cpu"
-  try:
-    jax_device = jax.devices("gpu")[0]
-  except RuntimeError:
-    fail(f"--device {name}: JAX sees no GPU (devices: {[str(d) for d in jax.devices()]})")
+    return common.select_device("cpu"), "cpu"
+  jax_device = common.select_device("gpu")
   if not torch.cuda.is_available():
     fail(f"--device {name}: PyTorch sees no CUDA device (torch {torch.__version__})")
   return jax_device, "cuda"
@@ -117,25 +124,27 @@ def load_config(path: str):
     fail(f"cannot load --config {path}: {' '.join(str(e).split())}")
 
 
-def score_params(config, workdir: str | None, seed: int):
-  """(Flax score module, its params, a description): the EMA params of WORKDIR's latest
-  score checkpoint, or jaxpure's own random initialisation."""
+def score_params(config, workdir: str | None, seed: int, device):
+  """(Flax score module, its params on `device`, a description): the EMA params of WORKDIR's
+  latest score checkpoint (jaxpure's loader), or jaxpure's own random initialisation."""
   import jax
   from jaxpure import experiment, parallel
   from jaxpure.errors import UserInputError
   module = experiment.score_module(config)
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh([device])
   try:
     if workdir is not None:
       state = experiment.load_trained("score", config, workdir, mesh)
       if state is None:
         fail(f"--workdir {workdir}: no score checkpoint under "
              f"{os.path.join(os.path.abspath(workdir), 'checkpoints', 'score')}")
-      return module, state.ema_params, f"trained EMA params, step {int(state.step)} ({workdir})"
-    state = experiment.init_train_state("score", config, module, jax.random.key(seed), mesh)
-    return module, state.ema_params, "random initialisation (jaxpure's init)"
+      what = f"trained EMA params, step {int(state.step)} ({workdir})"
+    else:
+      state = experiment.init_train_state("score", config, module, jax.random.key(seed), mesh)
+      what = "random initialisation (jaxpure's init)"
   except UserInputError as e:
     fail(" ".join(str(e).split()))
+  return module, jax.device_put(state.ema_params, device), what
 
 
 def test_images(config, n: int, seed: int):
@@ -145,7 +154,8 @@ def test_images(config, n: int, seed: int):
   from jaxpure import data, experiment
   from jaxpure.errors import UserInputError
   try:
-    x, _ = data.read_all(data.open_split(config.data.name, "test", config.data.data_dir or None), n)
+    split = data.open_split(config.data.name, "test", config.data.data_dir or None)
+    x, _ = data.read_all(split, n)
     if len(x) >= n:
       return x.astype(np.float32), f"{config.data.name} test images"
   except (UserInputError, OSError):
@@ -155,11 +165,11 @@ def test_images(config, n: int, seed: int):
           "uniform noise images (data set not prepared)")
 
 
-def check_memory(shape, batch: int, restarts: int, ngf: int, torch_device: str) -> float:
+def check_memory(shape, batch: int, restarts: int, ngf: int, torch_device: str) -> int:
   """Rough peak activation memory of one purification, bytes; exits 2 if it cannot fit.
 
-  Heuristic: about 16 live float32 feature maps of the full-resolution width
-  ([R * B, H, W, ngf]) at the widest point of the network (convolution inputs/outputs,
+  Heuristic: about 16 live float32 feature maps of the full-resolution width,
+  [R * B, H, W, ngf], at the widest point of the network (convolution inputs and outputs,
   residuals, the upsampled RefineNet path), for either framework.
   """
   h, w, _ = shape
@@ -169,7 +179,7 @@ def check_memory(shape, batch: int, restarts: int, ngf: int, torch_device: str) 
       with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
       avail = info["MemAvailable"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, IndexError):
       return need
   else:
     import torch
@@ -187,24 +197,111 @@ def _is_oom(e: BaseException) -> bool:
           or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError")
 
 
-# ----------------------------------------------------------------------------- timing
+# ----------------------------------------------------------------------------- pieces
+def jaxpure_x0(h, params, x, keys, settings):
+  """x0 [R, B, H, W, C] in [0, 1] of every restart exactly as jaxpure's purifier draws it:
+  iterate 0 of its own trace (the noise does not depend on T: a one-step purifier gives it)."""
+  from jaxpure import purify
+  one_step = dataclasses.replace(settings, max_iter=1)
+  _, trace = purify.make_purifier(h, one_step, return_trace=True)(params, x, keys)
+  return trace["iterates"][:, 0]
+
+
+def to_torch(x_nhwc, device: str):
+  """Array [..., H, W, C] -> torch tensor [..., C, H, W] on `device` (a contiguous copy)."""
+  import numpy as np
+  import torch
+  x = np.asarray(x_nhwc)
+  axes = tuple(range(x.ndim - 3)) + (x.ndim - 1, x.ndim - 3, x.ndim - 2)
+  return torch.from_numpy(np.array(x.transpose(axes), order="C")).to(device)
+
+
+def to_nhwc(y):
+  """torch tensor [..., C, H, W] -> NumPy [..., H, W, C]."""
+  y = y.detach().cpu().numpy()
+  return y.transpose(tuple(range(y.ndim - 3)) + (y.ndim - 2, y.ndim - 1, y.ndim - 3))
+
+
+def torch_variants(params_np, ngf: int, channels: int, settings, device: str, dtype,
+                   compile: bool) -> dict:
+  """{name: purify(x0 torch [R, B, C, H, W] in [0, 1]) -> same shape}: the official loop
+  (NCHW, as ADP's code; takes an optional `steps_run` list) and the batched variant
+  (channels_last on CPU), eager and, if `compile`, with the network torch.compile'd."""
+  import torch
+  from benchmarks import torch_reference as tr
+  s = tr.AdpSettings(max_iter=settings.max_iter, lam=settings.lam, delta=settings.delta,
+                     tau=settings.tau, alpha_min=settings.alpha_min,
+                     alpha_max=settings.alpha_max)
+  loop_net = tr.net_from_flax(params_np, ngf, channels).to(device=device, dtype=dtype)
+  fast_net = tr.net_from_flax(params_np, ngf, channels).to(device=device, dtype=dtype)
+  channels_last = device == "cpu"
+  if channels_last:
+    fast_net = fast_net.to(memory_format=torch.channels_last)
+  out = {"pytorch_official_loop": (
+             lambda x0, steps_run=None: tr.purify_official_loop(loop_net, x0, s, steps_run)),
+         "pytorch_batched_eager": tr.make_batched_purifier(fast_net, s, False, channels_last)}
+  if compile:
+    out["pytorch_batched_compiled"] = tr.make_batched_purifier(fast_net, s, True, channels_last)
+  return out
+
+
+def check_agreement_float64(module, params, x_np, settings, seed: int, n: int, device: str,
+                            compile: bool) -> tuple[dict, float]:
+  """({variant: max |jaxpure - variant|} over the purified [R, n, H, W, C], the fraction of
+  the R * n * T steps that jaxpure took before stopping), all in float64, from jaxpure's x0,
+  for the first n examples of the batch (examples never interact, and their keys depend on
+  their index only)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from jaxpure import experiment, purify
+  with jax.enable_x64(True):
+    params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    x = jnp.asarray(x_np[:n], jnp.float64)
+    keys = purify.example_keys(jax.random.key(seed), jnp.arange(n))
+    h = experiment.score_h(module)
+    x0 = np.asarray(jaxpure_x0(h, params64, x, keys, settings))
+    out_jax, trace = purify.make_purifier(h, settings, return_trace=True)(params64, x, keys)
+    out_jax, active = np.asarray(out_jax), float(np.mean(trace["active"]))
+  variants = torch_variants(jax.device_get(params), module.ngf, module.channels, settings,
+                            device, torch.float64, compile)
+  x0_t = to_torch(x0, device)
+  return {name: float(np.max(np.abs(out_jax - to_nhwc(fn(x0_t)))))
+          for name, fn in variants.items()}, active
+
+
+def flax_torch_max_diff(module, params, x_nhwc, device: str) -> float:
+  """max |h_flax(x) - h_torch(x)| (float32) on x [N, H, W, C] with the converted network."""
+  import jax
+  import numpy as np
+  import torch
+  from benchmarks import torch_reference as tr
+  net = tr.net_from_flax(jax.device_get(params), module.ngf, module.channels).to(device)
+  y_flax = np.asarray(jax.jit(module.apply)({"params": params}, x_nhwc))
+  with torch.inference_mode():
+    y_torch = to_nhwc(net(to_torch(x_nhwc, device)))
+  return float(np.max(np.abs(y_flax - y_torch)))
+
+
 def timed(fn, sync) -> float:
-  """Seconds of `sync(fn())`."""
+  """Wall seconds of `sync(fn())`."""
   start = time.perf_counter()
   sync(fn())
   return time.perf_counter() - start
 
 
+# ----------------------------------------------------------------------------- the run
 def run_benchmark(args) -> dict:
+  import flax
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import flax
   import torch
 
-  import torch_reference as tr
   from jaxpure import experiment, purify
 
+  wall_start = time.perf_counter()
   jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   torch.set_num_threads(threads)
@@ -215,7 +312,11 @@ def run_benchmark(args) -> dict:
   if config.score.head != "score":
     fail(f"config.score.head={config.score.head!r}: the PyTorch reference implements the "
          "'score' head only")
-  settings = experiment.purify_settings(config)
+  from jaxpure.errors import UserInputError
+  try:
+    settings = experiment.purify_settings(config)
+  except UserInputError as e:
+    fail(" ".join(str(e).split()))
   if settings.method != "adp" or settings.noise != "gaussian":
     fail(f"purify.method={settings.method!r}, noise={settings.noise!r}: the benchmark times "
          "ADP with Gaussian noise ('adp', 'gaussian')")
@@ -223,6 +324,8 @@ def run_benchmark(args) -> dict:
     settings = dataclasses.replace(settings, restarts=args.restarts)
   batch = args.batch or (256 if args.quick else 100)
   repeats = args.repeats or (5 if args.quick else 3)
+  check_n = min(args.check_batch, batch)
+  compile_torch = {"on": True, "off": False}.get(args.torch_compile, not args.quick)
   shape = experiment.image_shape(config)
   ngf = config.score.ngf
   check_memory(shape, batch, settings.restarts, ngf, torch_device)
@@ -230,137 +333,131 @@ def run_benchmark(args) -> dict:
   report = {"mode": "quick" if args.quick else "full", "config": os.path.relpath(config_path),
             "device": {"requested": args.device, "jax": str(jax_device),
                        "jax_kind": jax_device.device_kind, "torch": torch_device,
-                       "cpu_threads": threads, "machine": platform.processor() or platform.machine()},
-            "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                         "flax": flax.__version__, "torch": torch.__version__},
+                       "cpu": common.cpu_model(), "cpu_threads": threads},
+            "versions": {k: v for k, v in common.describe(jax_device).items()
+                         if k in ("python", "jax", "flax", "torch")},
             "batch": batch, "image_shape": list(shape), "ngf": ngf, "repeats": repeats,
             "settings": dataclasses.asdict(settings)}
-  print(f"device: jax {jax_device} ({jax_device.device_kind}), torch {torch_device}, "
-        f"{threads} CPU threads (torch.set_num_threads({threads}); XLA uses its own pool)")
+  print(f"device: jax {jax_device} ({jax_device.device_kind}), torch {torch_device}; "
+        f"{common.cpu_model()}, {threads} CPU threads (torch.set_num_threads({threads}); "
+        "XLA sizes its own pool)")
   print(f"versions: python {report['versions']['python']}, jax {jax.__version__}, "
         f"flax {flax.__version__}, torch {torch.__version__}")
   print(f"mode: {report['mode']} ({report['config']}): x [B={batch}, {shape[0]}, {shape[1]}, "
-        f"{shape[2]}], ngf {ngf}, ADP T={settings.max_iter}, R={settings.restarts}, "
-        f"sigma_n {settings.sigma_n}, lam {settings.lam}, tau {settings.tau}; "
-        f"median of {repeats} runs after 1 warm-up")
+        f"{shape[2]}] in [0, 1], ngf {ngf}, ADP T={settings.max_iter}, R={settings.restarts}, "
+        f"sigma_n {settings.sigma_n}, lam {settings.lam}, delta {settings.delta}, "
+        f"tau {settings.tau}; images/s = B / seconds for all R restarts and T steps, median "
+        f"of {repeats} rounds after a warm-up round")
 
   with jax.default_device(jax_device):
-    module, params, weights = score_params(config, args.workdir, args.seed)
+    module, params, weights = score_params(config, args.workdir, args.seed, jax_device)
     x_np, inputs = test_images(config, batch, args.seed)
     report.update(weights=weights, inputs=inputs)
     print(f"weights: {weights}; inputs: {inputs}")
-    params = jax.device_put(params, jax_device)
+
+    # ---- the converted weights: torch net vs Flax net on noised inputs (float32)
+    noised = np.clip(x_np[:64] + settings.sigma_n * np.random.default_rng(args.seed).normal(
+        size=x_np[:64].shape), 0, 1).astype(np.float32)
+    conv_diff = flax_torch_max_diff(module, params, noised, torch_device)
+    report["conversion_max_abs_diff"] = conv_diff
+    print(f"weight conversion (float32): max |h_flax(x) - h_torch(x)| = {conv_diff:.2e}")
+
+    # ---- agreement, in float64, before any timing
+    diffs, active = check_agreement_float64(module, params, x_np, settings, args.seed,
+                                            check_n, torch_device, compile_torch)
+    report["agreement_float64"] = {"images": check_n, "max_abs_diff": diffs,
+                                   "tolerance": args.tolerance, "fraction_of_steps_taken": active}
+    print(f"agreement check (float64, {check_n} images x R={settings.restarts}, "
+          f"{active:.0%} of their {settings.max_iter} steps taken before stopping):")
+    for name, d in diffs.items():
+      print(f"  max |jaxpure - {name}| = {d:.2e}")
+    bad = {k: v for k, v in diffs.items() if not v <= args.tolerance}
+    if bad:
+      fail("purified outputs disagree: max abs difference above "
+           f"{args.tolerance:g} for " + ", ".join(f"{k} ({v:.3e})" for k, v in bad.items()),
+           code=1)
+
+    # ---- float32, the timed batch: jaxpure's own purifier and noise
     x = jax.device_put(jnp.asarray(x_np), jax_device)
     keys = purify.example_keys(jax.random.key(args.seed), jnp.arange(batch))
     h = experiment.score_h(module)
-
-    # x0 of every restart, exactly as jaxpure draws it: iterate 0 of its own trace (the
-    # noise does not depend on T, so a one-step purifier gives it cheaply).
-    one_step = dataclasses.replace(settings, max_iter=1)
-    _, trace = purify.make_purifier(h, one_step, return_trace=True)(params, x, keys)
-    x0 = np.asarray(trace["iterates"][:, 0])  # [R, B, H, W, C]
-
+    x0 = jaxpure_x0(h, params, x, keys, settings)
     purifier = purify.make_purifier(h, settings)
-    sync_jax = lambda y: y.block_until_ready()
     run_jax = lambda: purifier(params, x, keys)
-    first = timed(run_jax, sync_jax)
+    sync_jax = lambda y: y.block_until_ready()
+    first_jax = timed(run_jax, sync_jax)  # compiles
     out_jax = np.asarray(run_jax())
 
-  # ---- PyTorch: the same weights, the same x0 (NHWC -> NCHW).
-  params_np = jax.device_get(params)
-  net = tr.net_from_flax(params_np, ngf, shape[2]).to(torch_device)
-  conv_diff = flax_torch_max_diff(module, params, net, x0[0], torch_device)
-  report["conversion_max_abs_diff"] = conv_diff
-  print(f"weight conversion: max |h_flax(x0) - h_torch(x0)| = {conv_diff:.2e}")
-  s = tr.AdpSettings(max_iter=settings.max_iter, lam=settings.lam, delta=settings.delta,
-                     tau=settings.tau, alpha_min=settings.alpha_min,
-                     alpha_max=settings.alpha_max)
-  x0_t = torch.from_numpy(np.ascontiguousarray(x0.transpose(0, 1, 4, 2, 3))).to(torch_device)
-  to_nhwc = lambda y: y.detach().cpu().numpy().transpose(0, 1, 3, 4, 2)
+  variants = torch_variants(jax.device_get(params), ngf, shape[2], settings, torch_device,
+                            torch.float32, compile_torch)
+  x0_t = to_torch(x0, torch_device)
   sync_torch = ((lambda y: torch.cuda.synchronize()) if torch_device == "cuda"
                 else (lambda y: None))
-
-  steps_run = []
-  out_loop = to_nhwc(tr.purify_official_loop(net, x0_t, s, steps_run))
-  variants = {"eager": tr.make_batched_purifier(net, s, compile=False)}
-  out_batched = {"eager": to_nhwc(variants["eager"](x0_t))}
-  compile_note = "not tried (--no_torch_compile)"
-  if not args.no_torch_compile:
-    try:
-      compiled = tr.make_batched_purifier(net, s, compile=True)
-      start = time.perf_counter()
-      out_batched["compiled"] = to_nhwc(compiled(x0_t))
-      variants["compiled"] = compiled
-      compile_note = f"works (first call {time.perf_counter() - start:.1f} s incl. compilation)"
-    except Exception as e:  # noqa: BLE001  (inductor needs a C++ toolchain; anything may fail)
-      if _is_oom(e):
-        raise
-      compile_note = f"failed, eager used: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-  print(f"torch.compile: {compile_note}")
-  report["torch_compile"] = compile_note
-
-  # ---- agreement, before any timing
-  diffs = {"pytorch_official_loop": float(np.max(np.abs(out_jax - out_loop)))}
-  for name, out in out_batched.items():
-    diffs[f"pytorch_batched_{name}"] = float(np.max(np.abs(out_jax - out)))
-  report["max_abs_diff_vs_jaxpure"] = diffs
-  report["official_loop_steps_per_restart"] = steps_run
-  for name, d in diffs.items():
-    print(f"agreement: max |jaxpure - {name}| = {d:.2e}")
-  print(f"official loop: steps run per restart (of {settings.max_iter}): {steps_run}")
-  bad = {k: v for k, v in diffs.items() if not v <= args.tolerance}
-  if bad:
-    fail(f"purified outputs disagree beyond {args.tolerance:g}: "
-         + ", ".join(f"{k} {v:.3e}" for k, v in bad.items()), code=1)
-
-  # ---- timing: one warm-up each (already done above for all), then turns within repeats
-  runs = {"jaxpure": (run_jax, sync_jax),
-          "pytorch_official_loop": (lambda: tr.purify_official_loop(net, x0_t, s), sync_torch)}
+  divergence, first_torch, steps_run = {}, {}, []
   for name, fn in variants.items():
-    runs[f"pytorch_batched_{name}"] = ((lambda fn=fn: fn(x0_t)), sync_torch)
+    start = time.perf_counter()
+    y = fn(x0_t, steps_run) if name == "pytorch_official_loop" else fn(x0_t)
+    sync_torch(y)
+    first_torch[name] = time.perf_counter() - start  # includes compilation
+    divergence[name] = float(np.max(np.abs(out_jax - to_nhwc(y))))
+  report["official_loop_steps_per_restart"] = steps_run
+  print(f"official loop: steps run per restart (of {settings.max_iter}; a restart stops when "
+        f"all its examples have): {steps_run}")
+  report["float32_max_abs_diff_not_checked"] = divergence
+  print("float32 on the timed batch (information, not a check: see the docstring): "
+        + ", ".join(f"max |jaxpure - {k}| = {v:.1e}" for k, v in divergence.items()))
+  if compile_torch:
+    note = (f"on: network torch.compile'd, first call "
+            f"{first_torch['pytorch_batched_compiled']:.1f} s incl. compilation")
+  elif args.torch_compile == "off":
+    note = "off (--torch_compile off)"
+  else:
+    note = "off in --quick (compiling takes minutes on 2 CPU cores; --torch_compile on)"
+  report["torch_compile"] = note
+  print(f"torch.compile: {note}")
+
+  # ---- timing: a warm-up round, then timed rounds; implementations take turns in each
+  runs = {"jaxpure": (run_jax, sync_jax)}
+  for name, fn in variants.items():
+    runs[name] = ((lambda fn=fn: fn(x0_t)), sync_torch)
   seconds = {name: [] for name in runs}
-  for _ in range(repeats):
-    for name, (fn, sync) in runs.items():
-      seconds[name].append(timed(fn, sync))
+  for i in range(repeats + 1):
+    took = {name: timed(fn, sync) for name, (fn, sync) in runs.items()}
+    print(f"{'warm-up' if i == 0 else f'round {i}/{repeats}'}: "
+          + ", ".join(f"{name} {t:.3f} s" for name, t in took.items()), flush=True)
+    if i:
+      for name, t in took.items():
+        seconds[name].append(t)
   median = {name: statistics.median(v) for name, v in seconds.items()}
   best_batched = min((k for k in median if k.startswith("pytorch_batched_")), key=median.get)
   ips = {name: batch / t for name, t in median.items()}
   ips["pytorch_batched"] = ips[best_batched]
   report.update(seconds=seconds, images_per_sec=ips, pytorch_batched_is=best_batched,
-                jaxpure_compile_s=max(first - median["jaxpure"], 0.0))
+                jaxpure_compile_s=max(first_jax - median["jaxpure"], 0.0))
   print(f"jaxpure compile: {report['jaxpure_compile_s']:.1f} s "
-        f"(first call {first:.1f} s minus the median run)")
+        f"(first call {first_jax:.1f} s minus the median run)")
   for name in runs:
     print(f"{name}: {ips[name]:.1f} images/s (median {median[name]:.3f} s per batch of "
-          f"{batch}; runs {', '.join(f'{t:.3f}' for t in seconds[name])})")
+          f"{batch})")
   print(f"pytorch_batched = {best_batched}")
-  report["ratios"] = {
-      "jaxpure/pytorch_official_loop": ips["jaxpure"] / ips["pytorch_official_loop"],
-      "jaxpure/pytorch_batched": ips["jaxpure"] / ips["pytorch_batched"]}
-  print(f"ratio jaxpure/pytorch_official_loop: {report['ratios']['jaxpure/pytorch_official_loop']:.2f}")
-  print(f"ratio jaxpure/pytorch_batched: {report['ratios']['jaxpure/pytorch_batched']:.2f}")
+  ratios = {"jaxpure/pytorch_official_loop": ips["jaxpure"] / ips["pytorch_official_loop"],
+            "jaxpure/pytorch_batched": ips["jaxpure"] / ips["pytorch_batched"]}
+  report["ratios"] = ratios
+  report["total_wall_s"] = time.perf_counter() - wall_start
+  print(f"total wall time: {report['total_wall_s']:.0f} s")
+  print(f"ratio jaxpure/pytorch_official_loop: {ratios['jaxpure/pytorch_official_loop']:.2f}")
+  print(f"ratio jaxpure/pytorch_batched: {ratios['jaxpure/pytorch_batched']:.2f}")
   return report
-
-
-def flax_torch_max_diff(module, params, net, x_nhwc, torch_device: str) -> float:
-  """max |h_flax(x) - h_torch(x)| on x [N, H, W, C] (NHWC numpy) with the converted net."""
-  import numpy as np
-  import torch
-  y_flax = np.asarray(module.apply({"params": params}, x_nhwc))
-  with torch.inference_mode():
-    x_t = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(torch_device)
-    y_torch = net(x_t).cpu().numpy().transpose(0, 2, 3, 1)
-  return float(np.max(np.abs(y_flax - y_torch)))
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.device == "cpu":
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
   try:
     import torch  # noqa: F401
   except ImportError:
     fail('PyTorch is not installed: pip install -e ".[bench]"')
+  # JAX and PyTorch share an accelerator here: JAX must not take 75% of its memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   try:
     report = run_benchmark(args)
   except Exception as e:  # noqa: BLE001

@@ -1,18 +1,23 @@
 """A PyTorch reference of ADP purification (DESIGN §1), for timing and cross-checking jaxpure.
 
 Written here from DESIGN §1 and from jaxpure's layer definitions, not copied from any public
-code base. Two purifiers share one network:
+code base. Two purifiers run the same network:
 
 - `purify_official_loop`: structured like ADP's official code: a Python loop over the R
   restarts, a Python loop over the T steps, and the stopping test read back on the host at
-  every step (the chain breaks as soon as all its examples have stopped); `torch.no_grad`.
+  every step (a restart's chain breaks as soon as all its examples have stopped); no_grad.
 - `make_batched_purifier`: the R restarts folded into the batch axis, the stopping mask kept
-  on the device (`torch.where`, no host synchronisation), `torch.inference_mode`, and the
-  step optionally `torch.compile`d.
+  on the device (`torch.where`, no host synchronisation), `torch.inference_mode`, optionally
+  channels_last memory layout and a `torch.compile`d network.
+
+Both follow `jaxpure.purify` step for step: g = h(x); z = <g, h(x + delta g)> / <g, g>;
+alpha = clip(lam delta / (1 - z), alpha_min, alpha_max), alpha_max when not finite; an
+example stops for good at its first step with alpha <= tau (taking no step there);
+x <- clip(x + alpha g, 0, 1).
 
 `TorchNCSNv2` is jaxpure's `NCSNv2` (score head) layer for layer, in NCHW; its parameter
-names mirror the Flax parameter tree, so `load_flax_params` converts a Flax `params` tree
-(HWIO kernels) into its state dict (OIHW kernels) by name, strictly.
+names mirror the Flax parameter tree, so `net_from_flax` loads a Flax `params` tree (HWIO
+kernels) into its state dict (OIHW kernels) by name, strictly.
 
 Pixels are in [0, 1]. Tensors here are NCHW (`[N, C, H, W]`); jaxpure's are NHWC.
 This module imports torch and NumPy only: it takes Flax parameters as nested dicts of arrays.
