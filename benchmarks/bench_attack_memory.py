@@ -169,10 +169,7 @@ def main(argv=None):
   for tag in ("checkpoint", "no_checkpoint"):
     growth = (last[f"compiled_{tag}"]["temp"] - first[f"compiled_{tag}"]["temp"]) / span
     print(f"growth per step ({tag.replace('_', ' ')}): {growth / MIB:.3f} MiB/step")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"info": info, "rows": rows}, f, indent=1)
-    print(f"wrote {args.json}")
+  common.write_json(args.json, {"info": info, "rows": rows})
 
 
 if __name__ == "__main__":

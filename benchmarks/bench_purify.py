@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -229,9 +228,7 @@ def torch_variants(params_np, ngf: int, channels: int, settings, device: str, dt
   (channels_last on CPU), eager and, if `compile`, with the network torch.compile'd."""
   import torch
   from benchmarks import torch_reference as tr
-  s = tr.AdpSettings(max_iter=settings.max_iter, lam=settings.lam, delta=settings.delta,
-                     tau=settings.tau, alpha_min=settings.alpha_min,
-                     alpha_max=settings.alpha_max)
+  s = tr.AdpSettings.like(settings)
   loop_net = tr.net_from_flax(params_np, ngf, channels).to(device=device, dtype=dtype)
   fast_net = tr.net_from_flax(params_np, ngf, channels).to(device=device, dtype=dtype)
   channels_last = device == "cpu"
@@ -464,10 +461,7 @@ def main(argv=None) -> int:
     if _is_oom(e):
       fail(f"out of memory: {' '.join(str(e).split())[:300]}; lower --batch or --restarts")
     raise
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=2)
-    print(f"wrote {args.json}")
+  common.write_json(args.json, report)
   return 0
 
 

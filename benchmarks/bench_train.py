@@ -13,7 +13,6 @@ step time, against the device's peak.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -141,10 +140,7 @@ def main(argv=None):
       line += (f"  MFU {100 * r['mfu']:.1f}% ({r['mfu_peak']})" if r["mfu"] is not None
                else f"  MFU n/a: {r['mfu_peak']}")
     print(line, flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"info": info, "results": results}, f, indent=1)
-    print(f"wrote {args.json}")
+  common.write_json(args.json, {"info": info, "results": results})
 
 
 if __name__ == "__main__":

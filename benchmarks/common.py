@@ -1,5 +1,6 @@
 """Shared bits of the benchmark scripts: device checks, versions, one-line failures."""
 
+import json
 import os
 import platform
 import sys
@@ -56,6 +57,14 @@ def print_header(title: str, info: dict) -> None:
   print(f"== {title}")
   for k, v in info.items():
     print(f"{k}: {v}")
+
+
+def write_json(path: str | None, obj) -> None:
+  """Writes a benchmark's numbers to `path` (if given) and says so."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(obj, f, indent=1)
+    print(f"wrote {path}")
 
 
 def memory_limit_bytes(device: jax.Device) -> int | None:

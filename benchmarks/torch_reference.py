@@ -261,12 +261,17 @@ def net_from_flax(params: Mapping, ngf: int, channels: int, pool: str = "max") -
 @dataclasses.dataclass(frozen=True)
 class AdpSettings:
   """ADP's step settings (DESIGN §1; same meaning as jaxpure.purify.PurifySettings)."""
-  max_iter: int = 10
-  lam: float = 0.05
-  delta: float = 1e-3
-  tau: float = 1e-3
-  alpha_min: float = 1e-5
-  alpha_max: float = 1e-1
+  max_iter: int
+  lam: float
+  delta: float
+  tau: float
+  alpha_min: float
+  alpha_max: float
+
+  @classmethod
+  def like(cls, settings) -> "AdpSettings":
+    """The same fields read off any settings object (e.g. a jaxpure PurifySettings)."""
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 Net = Callable[[torch.Tensor], torch.Tensor]

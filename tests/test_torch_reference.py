@@ -87,8 +87,7 @@ def test_purifiers_match_jaxpure_float64():
   assert active.any() and not active.all()  # some examples stop mid-way
 
   net = tr.net_from_flax(jax.device_get(params), 4, 1).double()
-  ts = tr.AdpSettings(max_iter=s.max_iter, lam=s.lam, delta=s.delta, tau=s.tau,
-                      alpha_min=s.alpha_min, alpha_max=s.alpha_max)
+  ts = tr.AdpSettings.like(s)
   x0_t = torch.from_numpy(np.array(x0.transpose(0, 1, 4, 2, 3), order="C"))
   steps = []
   outs = {"official_loop": tr.purify_official_loop(net, x0_t, ts, steps),
