@@ -118,4 +118,7 @@ def get_config():
   at.bpda_eot_adp = attack(40, 2 / 255, 15)
   at.pgd_eot_full = attack(200, 2 / 255, 20)  # Lee & Kim 2023 style
   at.apgd_eot = attack(100, 2 / 255, 20)  # step_size unused: APGD starts at 2 eps
+  # AutoAttack's rand version: one APGD-CE and one APGD-DLR run, each from a random start.
+  at.apgd_eot.losses = ("ce", "dlr")
+  at.apgd_eot.warm_restarts = 0  # further runs per loss from its best point
   return config

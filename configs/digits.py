@@ -57,7 +57,12 @@ def get_config():
   # On digits more steps beat more EOT samples for the exact-gradient PGD (measured on 64
   # test digits: 40 steps x 2 EOT 0.16, 20 x 4 0.22, 10 x 8 0.33 robust accuracy).
   config.attack.pgd_eot_full.update(num_steps=40, step_size=0.02, n_eot=2)
-  # APGD gets the same 40 steps x 2 EOT per loss (CE, then DLR): on 128 test digits APGD-CE
-  # alone matched PGD (0.234 both), while 20 steps per loss left 0.320.
-  config.attack.apgd_eot.update(num_steps=40, step_size=0.025, n_eot=2)
+  # APGD: per loss (CE, DLR) a 20-step run from a random start and one warm restart from its
+  # best point, EOT 2: 160 gradient samples per example, PGD's 80 twice over. Measured on
+  # 128 test digits, same attack keys, robust accuracy: PGD 40x2 0.234; APGD CE 40 + DLR 40
+  # (cold) 0.242; APGD-CE 40 alone 0.266, at EOT 4 0.258; this setting 0.227. At EOT 2 the
+  # loss APGD compares to pick its best point and to halve its step is noisy; the warm
+  # restart resets the step size from a good point.
+  config.attack.apgd_eot.update(num_steps=20, step_size=0.025, n_eot=2, losses=("ce", "dlr"),
+                                warm_restarts=1)
   return config

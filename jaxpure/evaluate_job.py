@@ -35,6 +35,8 @@ def attack_settings(config, name: str, **changes) -> attacks_lib.AttackSettings:
   section = config.attack[name]
   kwargs = dict(norm=config.attack.norm, eps=config.attack.eps, num_steps=section.num_steps,
                 step_size=section.step_size, n_eot=section.n_eot, loss=section.loss)
+  if "losses" in section:  # APGD's runs
+    kwargs.update(losses=tuple(section.losses), warm_restarts=section.warm_restarts)
   kwargs.update(changes)
   return attacks_lib.AttackSettings(**kwargs)
 
@@ -64,6 +66,7 @@ class _BatchStore:
   def open_unit(self, unit: str, signature: dict, print_fn) -> None:
     path = os.path.join(self.root, unit)
     meta = os.path.join(path, "unit.json")
+    signature = json.loads(json.dumps(signature))  # as stored: tuples become lists
     if os.path.exists(meta):
       with open(meta) as f:
         if json.load(f) == signature:

@@ -1,6 +1,8 @@
 """Attacks: exact gradients through the purifier, remat, memory, balls, strength, BPDA."""
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from jaxpure import data, experiment, parallel
 from jaxpure import purify as P
 from jaxpure.attacks import apgd as apgd_lib
 from jaxpure.attacks import eot, pgd as pgd_lib
+from jaxpure.errors import ConfigError
 
 SHAPE = (4, 4, 4, 1)
 D, K = 16, 5
@@ -153,22 +156,43 @@ def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point():
   np.testing.assert_array_equal(np.asarray(d), np.sign(np.asarray(want)))
 
 
-def test_apgd_eot_keeps_the_more_adversarial_of_its_ce_and_dlr_runs():
+@pytest.mark.parametrize("losses,warm_restarts", [(("ce", "dlr"), 0), (("ce",), 1)])
+def test_apgd_eot_keeps_the_most_adversarial_of_its_runs(losses, warm_restarts):
   params, defense = tiny_params(), tiny_defense(restarts=3)
   x, y = _inputs()
   keys = P.example_keys(jax.random.key(6), jnp.arange(SHAPE[0]))
-  s = A.AttackSettings(eps=0.1, num_steps=6, n_eot=2)
+  s = A.AttackSettings(eps=0.1, num_steps=6, n_eot=2, losses=losses,
+                       warm_restarts=warm_restarts)
   x_adv = np.asarray(jax.jit(A.attack_function("apgd_eot", defense, s))(params, keys, x, y))
-  runs = {loss: np.asarray(apgd_lib.apgd(eot.exact_eot_gradient(defense, loss, 2), params,
-                                         A.fold(keys, tag), x, y, s))
-          for loss, tag in (("ce", 1), ("dlr", 2))}
+  # The runs by hand: per loss a random start, then warm restarts from the previous best.
+  runs = []
+  for loss in losses:
+    start = None
+    for _ in range(1 + warm_restarts):
+      start = apgd_lib.apgd(eot.exact_eot_gradient(defense, loss, 2), params,
+                            A.fold(keys, 100 + len(runs)), x, y, s, start)
+      runs.append(np.asarray(start))
+  assert len(runs) == 2 and not np.array_equal(runs[0], runs[1])
   probs = lambda xc: jnp.mean(jax.nn.softmax(defense.logits(
       params, jnp.asarray(xc), A.fold(keys, 3), 3), -1), 0)
-  margins = {k: -np.asarray(eot.losses_lib.cw_margin(probs(v), y)) for k, v in runs.items()}
-  assert not np.array_equal(runs["ce"], runs["dlr"])
+  margins = np.stack([-np.asarray(eot.losses_lib.cw_margin(probs(r), y)) for r in runs])
   for i in range(SHAPE[0]):
-    pick = "dlr" if margins["dlr"][i] < margins["ce"][i] else "ce"
-    np.testing.assert_array_equal(x_adv[i], runs[pick][i])
+    np.testing.assert_array_equal(x_adv[i], runs[int(np.argmin(margins[:, i]))][i])
+
+
+def test_apgd_warm_restart_starts_from_the_given_point():
+  params = tiny_params()
+  x, y = _inputs()
+  keys = P.example_keys(jax.random.key(9), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, num_steps=1, n_eot=1)
+  start = A.project(x + 0.1 * jnp.sign(jax.random.normal(jax.random.key(1), x.shape)), x,
+                    "linf", 0.1)
+  # A loss that can never rise keeps the start as the best point.
+  flat = lambda p, k, xx, yy: (jnp.zeros(xx.shape[0]), jnp.ones_like(xx))
+  np.testing.assert_array_equal(np.asarray(apgd_lib.apgd(flat, params, keys, x, y, s, start)),
+                                np.asarray(start))
+  assert not np.array_equal(np.asarray(apgd_lib.apgd(flat, params, keys, x, y, s)),
+                            np.asarray(start))
 
 
 def test_apgd_checkpoints_follow_the_paper():
@@ -208,3 +232,12 @@ def test_pgd_and_apgd_break_an_undefended_digits_classifier(digits_classifier):
   se = np.sqrt(max(pgd_acc * (1 - pgd_acc), 1e-12) / x.shape[0])
   assert apgd_acc <= pgd_acc + max(se, 1 / x.shape[0]), (apgd_acc, pgd_acc)
   assert float(jnp.max(jnp.abs(x_apgd - x))) <= config.attack.eps + 1e-6
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    (dict(loss="hinge"), "loss='hinge'"), (dict(losses=()), "losses=()"),
+    (dict(losses=("ce", "kl")), "losses=('ce', 'kl')"),
+    (dict(warm_restarts=-1), "warm_restarts=-1"), (dict(norm="l1"), "norm='l1'")])
+def test_bad_attack_settings_name_the_field(bad, fragment):
+  with pytest.raises(ConfigError, match=re.escape(fragment)):
+    A.AttackSettings(**bad)

@@ -9,7 +9,7 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPTS = ("bench_train.py", "bench_attack_memory.py")
+SCRIPTS = ("bench_train.py", "bench_attack_memory.py", "bench_scan_grad.py")
 
 
 def _run(script, *args, timeout=600):
@@ -48,3 +48,16 @@ def test_bench_attack_memory_grows_far_slower_with_checkpointing(tmp_path):
           for tag in ("checkpoint", "no_checkpoint")}
   assert grow["no_checkpoint"] > 10 * max(grow["checkpoint"], 1), grow
   assert "growth per step (checkpoint)" in out.stdout
+
+
+def test_bench_scan_grad_times_every_variant_and_checkpointing_saves_memory(tmp_path):
+  report = tmp_path / "scan.json"
+  out = _run("bench_scan_grad.py", "--quick", "--steps", "3", "--batch", "4", "--repeats", "1",
+             "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads(report.read_text())["rows"]
+  assert len(rows) == 6 and all(r["median_ms"] > 0 and r["compile_s"] > 0 for r in rows.values())
+  assert (rows["lax.scan + jax.checkpoint (jaxpure)"]["temp_mib"]
+          < rows["lax.scan, no checkpoint"]["temp_mib"])
+  for name in rows:
+    assert name in out.stdout

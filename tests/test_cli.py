@@ -218,7 +218,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
   from jaxpure import evaluate_job
   workdir, _ = trained_workdir
   config = _tiny_config()
-  attacks = ["pgd_clf", "bpda_eot", "pgd_eot_full"]
+  attacks = ["pgd_clf", "bpda_eot", "pgd_eot_full", "apgd_eot"]
   quiet = lambda s: None
   full = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet)
   assert set(full["robust_accuracy"]) == set(attacks)
@@ -231,7 +231,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
     pass
 
   def crash_after_first(unit, batch):
-    if unit == "bpda_eot" and batch == 0:
+    if unit == "apgd_eot" and batch == 0:  # after the other attacks' batches
       raise Crash
   with pytest.raises(Crash):
     evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
@@ -240,8 +240,9 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
   done = []
   resumed = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
                                   after_batch=lambda u, b: done.append((u, b)))
-  assert ("clean", 0) not in done and ("bpda_eot", 0) not in done  # skipped, not redone
-  assert ("bpda_eot", 1) in done
+  for finished in (("clean", 0), ("bpda_eot", 0), ("bpda_eot", 1), ("apgd_eot", 0)):
+    assert finished not in done  # skipped, not redone (apgd_eot's settings hold tuples)
+  assert ("apgd_eot", 1) in done
   strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "attacks")}
   assert strip(resumed) == strip(full)
   for name in attacks:

@@ -8,7 +8,9 @@ settings' eps-ball around x and in [0, 1].
   bpda_eot      BPDA+EOT: identity Jacobian for the purifier, sign of the mean gradient
   bpda_eot_adp  ADP's BPDA+EOT: sign of the sum of per-sample gradient signs
   pgd_eot_full  PGD with exact gradients through the whole purifier, averaged over EOT
-  apgd_eot      APGD-CE then APGD-DLR (on points CE did not break), exact EOT gradients
+  apgd_eot      APGD on exact EOT gradients, one run per loss (CE, DLR) plus optional warm
+                restarts from the best point; per example the candidate the defense
+                (R purifications) is furthest from classifying correctly
 """
 
 
@@ -38,29 +40,37 @@ def attack_function(name: str, defense: Defense, s: AttackSettings):
   elif name == "pgd_eot_full":
     est = eot.exact_eot_gradient(defense, s.loss, s.n_eot)
   elif name == "apgd_eot":
-    return _apgd_ce_then_dlr(defense, s)
+    return _apgd_runs(defense, s)
   else:
     raise ConfigError(f"unknown attack {name!r}; expected one of {ATTACKS}")
   return lambda params, keys, x, y: pgd_lib.pgd(est, params, keys, x, y, s)
 
 
-def _apgd_ce_then_dlr(defense: Defense, s: AttackSettings):
-  ce = eot.exact_eot_gradient(defense, "ce", s.n_eot)
-  dlr = eot.exact_eot_gradient(defense, "dlr", s.n_eot)
+def _apgd_runs(defense: Defense, s: AttackSettings):
+  """APGD on exact EOT gradients: per loss in s.losses a run from a random start, then
+  s.warm_restarts runs from that loss's latest best point; per example, the candidate the
+  defense is furthest from classifying correctly."""
+  estimators = {loss: eot.exact_eot_gradient(defense, loss, s.n_eot) for loss in s.losses}
 
   def run(params, keys, x, y):
     keys = per_example_keys(keys, x.shape[0])
-    x_ce = apgd_lib.apgd(ce, params, fold(keys, 1), x, y, s)
-    x_dlr = apgd_lib.apgd(dlr, params, fold(keys, 2), x, y, s)
+    candidates = []  # run j draws its noise from fold(keys, 100 + j)
+    for loss in s.losses:
+      best = None  # None: a random start
+      for _ in range(1 + s.warm_restarts):
+        best = apgd_lib.apgd(estimators[loss], params, fold(keys, 100 + len(candidates)),
+                             x, y, s, best)
+        candidates.append(best)
     # Per example, keep the candidate the defense (R purifications drawn from the attack's
-    # own keys, the same ones for both) is furthest from classifying correctly: the margin
-    # of its mean softmax, true class minus the best other class. A few EOT samples would
-    # pick by noise.
+    # own keys, the same ones for every candidate) is furthest from classifying correctly:
+    # the margin of its mean softmax, true class minus the best other class. A few EOT
+    # samples would pick by noise.
     select_keys = fold(keys, 3)
     margin = lambda xc: -losses_lib.cw_margin(jnp.mean(jax.nn.softmax(
         defense.logits(params, xc, select_keys, defense.purify.restarts), -1), 0), y)
-    use_dlr = margin(x_dlr) < margin(x_ce)
-    return jnp.where(use_dlr[:, None, None, None], x_dlr, x_ce)
+    stacked = jnp.stack(candidates)  # [K, B, H, W, C]
+    pick = jnp.argmin(jnp.stack([margin(c) for c in candidates]), axis=0)  # [B]
+    return jnp.take_along_axis(stacked, pick[None, :, None, None, None], axis=0)[0]
   return run
 
 

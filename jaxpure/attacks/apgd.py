@@ -27,10 +27,12 @@ def checkpoints(num_steps: int) -> list[int]:
   return sorted({math.ceil(round(q * num_steps, 6)) for q in p if q <= 1 + 1e-9})
 
 
-def apgd(estimator, params, keys, x, y, s: common.AttackSettings):
+def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None):
   """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1].
 
   estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
+  x_start: [B, H, W, C] starting point inside the ball (default: a random start if
+  s.random_start, else x).
   """
   keys = common.per_example_keys(keys, x.shape[0])
   n = s.num_steps
@@ -44,8 +46,12 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings):
   bshape = (-1,) + (1,) * (x.ndim - 1)
   eta0 = 2.0 * s.eps
 
-  x0 = (common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, s.eps)
-        if s.random_start else x)
+  if x_start is not None:
+    x0 = x_start
+  elif s.random_start:
+    x0 = common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, s.eps)
+  else:
+    x0 = x
   f0, g0 = estimator(params, common.fold(keys, jnp.uint32(2**32 - 2)), x0, y)
   b = x.shape[0]
   state = dict(x_prev=x0, x=x0, g=g0, f=f0, x_max=x0, f_max=f0, g_max=g0,

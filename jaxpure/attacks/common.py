@@ -15,14 +15,17 @@ from jaxpure import purify as purify_lib
 from jaxpure.errors import ConfigError
 
 NORMS = ("linf", "l2")
+LOSS_NAMES = ("ce", "cw", "dlr")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
   """norm: "linf" or "l2"; eps, step_size: in [0, 1] pixel units; num_steps: iterations;
-  n_eot: purifications averaged per gradient (EOT); loss: "ce", "cw" or "dlr" (APGD runs
-  "ce" then "dlr" on the points still robust, as AutoAttack's rand version does);
-  random_start: start uniformly inside the ball (PGD)."""
+  n_eot: purifications averaged per gradient (EOT); loss: "ce", "cw" or "dlr" (PGD, BPDA);
+  random_start: start uniformly inside the ball.
+  APGD only: losses: one run per loss from a random start (AutoAttack's rand version: "ce",
+  "dlr"); warm_restarts: further runs per loss, each from the best point of that loss's
+  previous run with the step size reset to 2 eps."""
   norm: str = "linf"
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -30,6 +33,8 @@ class AttackSettings:
   n_eot: int = 1
   loss: str = "ce"
   random_start: bool = True
+  losses: tuple[str, ...] = ("ce", "dlr")
+  warm_restarts: int = 0
 
   def __post_init__(self):
     problems = []
@@ -44,8 +49,12 @@ class AttackSettings:
       problems.append(f"step_size={self.step_size} (expected > 0)")
     if self.num_steps < 1 or self.n_eot < 1:
       problems.append(f"num_steps={self.num_steps}, n_eot={self.n_eot} (expected >= 1)")
-    if self.loss not in ("ce", "cw", "dlr"):
-      problems.append(f"loss={self.loss!r} (expected 'ce', 'cw' or 'dlr')")
+    if self.loss not in LOSS_NAMES:
+      problems.append(f"loss={self.loss!r} (expected one of {LOSS_NAMES})")
+    if not self.losses or any(l not in LOSS_NAMES for l in self.losses):
+      problems.append(f"losses={self.losses!r} (expected a non-empty tuple of {LOSS_NAMES})")
+    if self.warm_restarts < 0:
+      problems.append(f"warm_restarts={self.warm_restarts} (expected >= 0)")
     if problems:
       raise ConfigError("bad attack settings: " + "; ".join(problems))
 
