@@ -1,10 +1,11 @@
 """Evaluates a trained workdir: clean, purified (ADP) and attacked accuracy, with pictures.
 
   python evaluate.py --config configs/digits.py --workdir runs/digits \
-      [--attacks pgd_clf,bpda_eot,pgd_eot_full,apgd_eot] [--num_examples N]
+      [--attacks pgd_clf,bpda_eot,pgd_eot_full,apgd_eot] [--sweep] [--num_examples N]
+      [--output DIR]
 
-Writes WORKDIR/eval/report.json, purification.png, steps.png and, with attacks,
-adversarial.png and eps_sweep.png. Finished batches are kept under WORKDIR/eval/batches:
+Writes WORKDIR/eval/report.json (and reports/report_<settings hash>.json), purification.png,
+steps.png and, with attacks, adversarial.png and eps_sweep.png. Finished batches are kept under WORKDIR/eval/batches:
 an interrupted run started again with the same arguments resumes. Bad input prints one line
 on stderr and exits 2.
 """
@@ -17,12 +18,32 @@ from ml_collections import config_flags
 from jaxpure import cli
 
 cli.define_distributed_flags()
+cli.define_show_config_flag()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run (default runs/<data set>).")
 _ATTACKS = flags.DEFINE_list("attacks", [], "Attacks to run: pgd_clf, bpda_eot, bpda_eot_adp, "
                              "pgd_eot_full, apgd_eot.")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Also run the eps sweep of config.attack.sweep_attack "
+                           "(the gradient-masking check: accuracy must reach ~0 at a large eps).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the evaluation (default "
+                              "WORKDIR/eval); the workdir itself is only read.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None,
                                      "Evaluate the first N test examples (default: config.eval).")
+_CHECKPOINT_STEP = flags.DEFINE_list(
+    "checkpoint_step", [], "Evaluate these kept checkpoints instead of the latest, as KIND=STEP "
+    "(e.g. score=1500,classifier=300): for when the latest checkpoint is damaged.")
+
+
+def _checkpoint_steps(items) -> dict[str, int]:
+  """{kind: step} from --checkpoint_step KIND=STEP,...; one-line error otherwise."""
+  steps = {}
+  for item in items:
+    kind, _, step = item.partition("=")
+    if kind not in ("score", "classifier") or not step.isdigit():
+      cli.fail(f"--checkpoint_step={item}; expected KIND=STEP with KIND score or classifier, "
+               "e.g. --checkpoint_step=score=1500")
+    steps[kind] = int(step)
+  return steps
 
 
 def main(argv):
@@ -32,11 +53,14 @@ def main(argv):
   config = cli.checked_config(_CONFIG.value)
   if _NUM_EXAMPLES.value is not None and _NUM_EXAMPLES.value < 1:
     cli.fail(f"--num_examples={_NUM_EXAMPLES.value}; expected >= 1")
+  steps = _checkpoint_steps(_CHECKPOINT_STEP.value)
   cli.init_distributed(config)
   workdir = _WORKDIR.value or f"runs/{config.data.name}"
-  from jaxpure import evaluate_job
+  from jaxpure.jobs import evaluation
   with cli.user_errors_exit():
-    evaluate_job.evaluate(config, workdir, _ATTACKS.value, _NUM_EXAMPLES.value)
+    evaluation.evaluate(config, workdir, _ATTACKS.value, _NUM_EXAMPLES.value,
+                        output_dir=_OUTPUT.value,
+                        **({"checkpoint_steps": steps} if steps else {}))
   sys.exit(0)
 
 

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from jaxpure import cli
 
 cli.define_distributed_flags()
+cli.define_show_config_flag()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<data set>).")
 _MODELS = flags.DEFINE_list("models", ["score", "classifier"], "Which models to train.")
@@ -32,10 +33,9 @@ def main(argv):
   stop = threading.Event()
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: stop.set())
-  from jaxpure import experiment  # after flag parsing: importing JAX/TFDS takes seconds
+  from jaxpure.jobs import train  # after flag parsing: importing JAX/TFDS takes seconds
   with cli.user_errors_exit():
-    summary = experiment.train_and_evaluate(config, workdir, tuple(_MODELS.value),
-                                            should_stop=stop.is_set)
+    summary = train.run(config, workdir, tuple(_MODELS.value), should_stop=stop.is_set)
   sys.exit(0 if summary is not None or stop.is_set() else 1)
 
 

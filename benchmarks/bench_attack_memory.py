@@ -55,14 +55,11 @@ def load_config(quick: bool):
 def gradient_function(config, max_iter: int, remat: bool, n_eot: int):
   """grad(params, keys, x, y) -> [B, H, W, C]: the exact EOT gradient of the CE loss."""
   import jax
-  from jaxpure import attacks, experiment
   from jaxpure.attacks import eot
-  settings = dataclasses.replace(experiment.purify_settings(config), max_iter=max_iter,
-                                 remat=remat)
-  defense = attacks.Defense(
-      h=experiment.score_h(experiment.score_module(config)),
-      logits_fn=experiment.classifier_logits(experiment.classifier_module(config)),
-      purify=settings)
+  from jaxpure.jobs import evaluation
+  defense = evaluation.make_defense(config)
+  defense = dataclasses.replace(defense, settings=dataclasses.replace(
+      defense.settings, max_iter=max_iter, remat=remat))
   est = eot.exact_eot_gradient(defense, "ce", n_eot)
   return jax.jit(lambda params, keys, x, y: est(params, keys, x, y)[1])
 
@@ -71,16 +68,18 @@ def example_inputs(config, batch: int, abstract: bool):
   """(params, keys, x, y): shapes only (abstract) or randomly initialised values."""
   import jax
   import jax.numpy as jnp
-  from jaxpure import experiment, purify
-  shape = (batch,) + experiment.image_shape(config)
+  from jaxpure import model_specs
+  from jaxpure.model_specs import CLASSIFIER, SCORE
+  from jaxpure.purifiers import common as purifier_common
+  shape = (batch,) + model_specs.image_shape(config)
   dummy = jnp.zeros((1,) + shape[1:], jnp.float32)
-  score_mod, clf_mod = experiment.score_module(config), experiment.classifier_module(config)
+  score_mod, clf_mod = SCORE.build(config), CLASSIFIER.build(config)
 
   def make():
     k1, k2 = jax.random.split(jax.random.key(0))
-    params = {"score": score_mod.init(k1, dummy)["params"],
-              "classifier": clf_mod.init(k2, dummy, train=False)}
-    keys = purify.example_keys(jax.random.key(1), jnp.arange(batch))
+    params = {"score": {"params": SCORE.init(score_mod, k1, dummy)["params"]},
+              "classifier": CLASSIFIER.init(clf_mod, k2, dummy)}
+    keys = purifier_common.example_keys(jax.random.key(1), jnp.arange(batch))
     x = jax.random.uniform(jax.random.key(2), shape)
     y = jnp.zeros((batch,), jnp.int32)
     return params, keys, x, y

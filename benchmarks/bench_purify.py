@@ -7,9 +7,9 @@
   python benchmarks/bench_purify.py --batch 2 --restarts 2        # CIFAR-10 size, cut down
 
 In one process, on the same inputs, weights and noise, it times
-- `jaxpure`: the real `jaxpure.purify.make_purifier(h, settings)` (one `lax.scan` of ADP
-  steps, vmapped restarts, noise drawn inside from per-example keys), after compilation
-  (compile time reported apart);
+- `jaxpure`: the real defense's purifier, `jaxpure.defense.Defense.make_purifier(R)` with the
+  ADP family (`jaxpure.purifiers.adp`: one `lax.scan` of ADP steps, vmapped restarts, noise
+  drawn inside from per-example keys), after compilation (compile time reported apart);
 - `pytorch_official_loop`: `torch_reference.purify_official_loop`, structured as ADP's
   official code: Python loops over restarts and steps, the stopping test read back on the
   host every step (a restart's chain breaks once all its examples have stopped), no_grad;
@@ -128,30 +128,34 @@ def score_params(config, workdir: str | None, seed: int, device):
   """(Flax score module, its params on `device`, a description): the EMA params of WORKDIR's
   latest score checkpoint (jaxpure's loader), or jaxpure's own random initialisation."""
   import jax
-  from jaxpure import experiment, parallel
+  from jaxpure import model_specs, parallel
   from jaxpure.errors import UserInputError
-  module = experiment.score_module(config)
+  from jaxpure.jobs import loading, train
+  spec = model_specs.SCORE
+  module = spec.build(config)
   mesh = parallel.make_mesh([device])
   try:
     if workdir is not None:
-      state = experiment.load_trained("score", config, workdir, mesh)
-      if state is None:
+      found = loading.load_model(spec, config, workdir, mesh, required=False)
+      if found is None:
         fail(f"--workdir {workdir}: no score checkpoint under "
-             f"{os.path.join(os.path.abspath(workdir), 'checkpoints', 'score')}")
-      what = f"trained EMA params, step {int(state.step)} ({workdir})"
+             f"{loading.model_dir(workdir, spec.kind)}")
+      params = found.variables["params"]
+      what = f"trained EMA params, step {found.step} ({workdir})"
     else:
-      state = experiment.init_train_state("score", config, module, jax.random.key(seed), mesh)
+      state = train.init_train_state(spec, config, module, jax.random.key(seed), mesh)
+      params = state.ema_params
       what = "random initialisation (jaxpure's init)"
   except UserInputError as e:
     fail(" ".join(str(e).split()))
-  return module, jax.device_put(state.ema_params, device), what
+  return module, jax.device_put(params, device), what
 
 
 def test_images(config, n: int, seed: int):
   """(x [n, H, W, C] float32 in [0, 1], description): the first n test images of the
   config's data set when it is available offline, else uniform noise images."""
   import numpy as np
-  from jaxpure import data, experiment
+  from jaxpure import data, model_specs
   from jaxpure.errors import UserInputError
   try:
     split = data.open_split(config.data.name, "test", config.data.data_dir or None)
@@ -161,7 +165,7 @@ def test_images(config, n: int, seed: int):
   except (UserInputError, OSError):
     pass
   rng = np.random.default_rng(seed)
-  return (rng.uniform(0, 1, (n,) + experiment.image_shape(config)).astype(np.float32),
+  return (rng.uniform(0, 1, (n,) + model_specs.image_shape(config)).astype(np.float32),
           "uniform noise images (data set not prepared)")
 
 
@@ -198,12 +202,32 @@ def _is_oom(e: BaseException) -> bool:
 
 
 # ----------------------------------------------------------------------------- pieces
-def jaxpure_x0(h, params, x, keys, settings):
+def make_defense(config, settings, restarts: int):
+  """jaxpure's defense of the config with the ADP family, `settings` and R = restarts."""
+  from jaxpure import model_specs, purifiers
+  from jaxpure.defense import Defense
+  return Defense(score_fn=model_specs.score_fn(config), logits_fn=model_specs.logits_fn(config),
+                 family=purifiers.get("adp"), settings=settings, restarts=restarts)
+
+
+def defense_params(params) -> dict:
+  """The defense's parameters for a score network's `params` tree (no classifier needed)."""
+  return {"score": {"params": params}}
+
+
+def jaxpure_purify(defense, params, x, keys):
+  """(purified [R, B, H, W, C], trace) of jaxpure's purifier, R = defense.restarts, jitted."""
+  import jax
+  fn = jax.jit(lambda p, x, k: defense.purify(p, x, k, defense.restarts))
+  return fn(defense_params(params), x, keys)
+
+
+def jaxpure_x0(defense, params, x, keys):
   """x0 [R, B, H, W, C] in [0, 1] of every restart exactly as jaxpure's purifier draws it:
   iterate 0 of its own trace (the noise does not depend on T: a one-step purifier gives it)."""
-  from jaxpure import purify
-  one_step = dataclasses.replace(settings, max_iter=1)
-  _, trace = purify.make_purifier(h, one_step, return_trace=True)(params, x, keys)
+  one_step = dataclasses.replace(
+      defense, settings=dataclasses.replace(defense.settings, max_iter=1))
+  _, trace = jaxpure_purify(one_step, params, x, keys)
   return trace["iterates"][:, 0]
 
 
@@ -243,7 +267,7 @@ def torch_variants(params_np, ngf: int, channels: int, settings, device: str, dt
   return out
 
 
-def check_agreement_float64(module, params, x_np, settings, seed: int, n: int, device: str,
+def check_agreement_float64(module, params, x_np, defense, seed: int, n: int, device: str,
                             compile: bool) -> tuple[dict, float]:
   """({variant: max |jaxpure - variant|} over the purified [R, n, H, W, C], the fraction of
   the R * n * T steps that jaxpure took before stopping), all in float64, from jaxpure's x0,
@@ -253,17 +277,16 @@ def check_agreement_float64(module, params, x_np, settings, seed: int, n: int, d
   import jax.numpy as jnp
   import numpy as np
   import torch
-  from jaxpure import experiment, purify
+  from jaxpure.purifiers import common as purifier_common
   with jax.enable_x64(True):
     params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
     x = jnp.asarray(x_np[:n], jnp.float64)
-    keys = purify.example_keys(jax.random.key(seed), jnp.arange(n))
-    h = experiment.score_h(module)
-    x0 = np.asarray(jaxpure_x0(h, params64, x, keys, settings))
-    out_jax, trace = purify.make_purifier(h, settings, return_trace=True)(params64, x, keys)
-    out_jax, active = np.asarray(out_jax), float(np.mean(trace["active"]))
-  variants = torch_variants(jax.device_get(params), module.ngf, module.channels, settings,
-                            device, torch.float64, compile)
+    keys = purifier_common.example_keys(jax.random.key(seed), jnp.arange(n))
+    x0 = np.asarray(jaxpure_x0(defense, params64, x, keys))
+    out_jax, trace = jaxpure_purify(defense, params64, x, keys)
+    out_jax, active = np.asarray(out_jax), float(np.mean(trace["step_mask"]))
+  variants = torch_variants(jax.device_get(params), module.ngf, module.channels,
+                            defense.settings, device, torch.float64, compile)
   x0_t = to_torch(x0, device)
   return {name: float(np.max(np.abs(out_jax - to_nhwc(fn(x0_t)))))
           for name, fn in variants.items()}, active
@@ -297,7 +320,8 @@ def run_benchmark(args) -> dict:
   import numpy as np
   import torch
 
-  from jaxpure import experiment, purify
+  from jaxpure import model_specs
+  from jaxpure.purifiers import common as purifier_common
 
   wall_start = time.perf_counter()
   jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
@@ -310,23 +334,26 @@ def run_benchmark(args) -> dict:
   if config.score.head != "score":
     fail(f"config.score.head={config.score.head!r}: the PyTorch reference implements the "
          "'score' head only")
+  from jaxpure import config_checks
   from jaxpure.errors import UserInputError
   try:
-    settings = experiment.purify_settings(config)
+    settings = config_checks.check_defense(config)
   except UserInputError as e:
     fail(" ".join(str(e).split()))
-  if settings.method != "adp" or settings.noise != "gaussian":
-    fail(f"purify.method={settings.method!r}, noise={settings.noise!r}: the benchmark times "
-         "ADP with Gaussian noise ('adp', 'gaussian')")
-  if args.restarts is not None:
-    settings = dataclasses.replace(settings, restarts=args.restarts)
+  if (config.defense.purifier != "adp" or settings.method != "adp"
+      or settings.noise != "gaussian"):
+    fail(f"defense.purifier={config.defense.purifier!r}, method="
+         f"{getattr(settings, 'method', None)!r}, noise={getattr(settings, 'noise', None)!r}: "
+         "the benchmark times ADP with Gaussian noise ('adp', 'adp', 'gaussian')")
+  restarts = args.restarts if args.restarts is not None else config.defense.restarts
+  defense = make_defense(config, settings, restarts)
   batch = args.batch or (256 if args.quick else 100)
   repeats = args.repeats or (5 if args.quick else 3)
   check_n = min(args.check_batch, batch)
   compile_torch = {"on": True, "off": False}.get(args.torch_compile, not args.quick)
-  shape = experiment.image_shape(config)
+  shape = model_specs.image_shape(config)
   ngf = config.score.ngf
-  check_memory(shape, batch, settings.restarts, ngf, torch_device)
+  check_memory(shape, batch, restarts, ngf, torch_device)
 
   report = {"mode": "quick" if args.quick else "full", "config": os.path.relpath(config_path),
             "device": {"requested": args.device, "jax": str(jax_device),
@@ -335,14 +362,14 @@ def run_benchmark(args) -> dict:
             "versions": {k: v for k, v in common.describe(jax_device).items()
                          if k in ("python", "jax", "flax", "torch")},
             "batch": batch, "image_shape": list(shape), "ngf": ngf, "repeats": repeats,
-            "settings": dataclasses.asdict(settings)}
+            "settings": dict(dataclasses.asdict(settings), restarts=restarts)}
   print(f"device: jax {jax_device} ({jax_device.device_kind}), torch {torch_device}; "
         f"{common.cpu_model()}, {threads} CPU threads (torch.set_num_threads({threads}); "
         "XLA sizes its own pool)")
   print(f"versions: python {report['versions']['python']}, jax {jax.__version__}, "
         f"flax {flax.__version__}, torch {torch.__version__}")
   print(f"mode: {report['mode']} ({report['config']}): x [B={batch}, {shape[0]}, {shape[1]}, "
-        f"{shape[2]}] in [0, 1], ngf {ngf}, ADP T={settings.max_iter}, R={settings.restarts}, "
+        f"{shape[2]}] in [0, 1], ngf {ngf}, ADP T={settings.max_iter}, R={restarts}, "
         f"sigma_n {settings.sigma_n}, lam {settings.lam}, delta {settings.delta}, "
         f"tau {settings.tau}; images/s = B / seconds for all R restarts and T steps, median "
         f"of {repeats} rounds after a warm-up round")
@@ -366,12 +393,13 @@ def run_benchmark(args) -> dict:
     bad = {}
     for label, s_check in (("as configured", settings),
                            ("tau = 0, every step", dataclasses.replace(settings, tau=0.0))):
-      diffs, active = check_agreement_float64(module, params, x_np, s_check, args.seed,
-                                              check_n, torch_device, compile_torch)
+      diffs, active = check_agreement_float64(
+          module, params, x_np, dataclasses.replace(defense, settings=s_check), args.seed,
+          check_n, torch_device, compile_torch)
       key = "agreement_float64" if s_check is settings else "agreement_float64_tau0"
       report[key] = {"images": check_n, "max_abs_diff": diffs, "tau": s_check.tau,
                      "tolerance": args.tolerance, "fraction_of_steps_taken": active}
-      print(f"agreement check (float64, {label}: {check_n} images x R={settings.restarts}, "
+      print(f"agreement check (float64, {label}: {check_n} images x R={restarts}, "
             f"{active:.0%} of their {settings.max_iter} steps taken before stopping):")
       for name, d in diffs.items():
         print(f"  max |jaxpure - {name}| = {d:.2e}")
@@ -383,11 +411,11 @@ def run_benchmark(args) -> dict:
 
     # ---- float32, the timed batch: jaxpure's own purifier and noise
     x = jax.device_put(jnp.asarray(x_np), jax_device)
-    keys = purify.example_keys(jax.random.key(args.seed), jnp.arange(batch))
-    h = experiment.score_h(module)
-    x0 = jaxpure_x0(h, params, x, keys, settings)
-    purifier = purify.make_purifier(h, settings)
-    run_jax = lambda: purifier(params, x, keys)
+    keys = purifier_common.example_keys(jax.random.key(args.seed), jnp.arange(batch))
+    x0 = jaxpure_x0(defense, params, x, keys)
+    purifier = defense.make_purifier(restarts)
+    variables = defense_params(params)
+    run_jax = lambda: purifier(variables, x, keys)
     sync_jax = lambda y: y.block_until_ready()
     first_jax = timed(run_jax, sync_jax)  # compiles
     out_jax = np.asarray(run_jax())

@@ -41,15 +41,21 @@ def parse_args(argv=None):
   return args
 
 
-def variants(h, params, settings, steps: int) -> dict:
-  """{name: f(x) -> gradient [B, H, W, C]} for the ways of writing T ADP steps."""
+def variants(h, variables, settings, steps: int) -> dict:
+  """{name: f(x) -> gradient [B, H, W, C]} for the ways of writing T ADP steps.
+
+  h(variables, x, t): the score network's field (`model_specs.score_fn`), called as the ADP
+  purifier calls it (t = sigma_n, ignored by the unconditional NCSNv2)."""
   import jax
   import jax.numpy as jnp
-  from jaxpure import purify
+  from jaxpure.purifiers import adp
+
+  def field(y):
+    return h(variables, y, jnp.full(y.shape[:1], settings.sigma_n, y.dtype))
 
   def step(x):
-    g = h(params, x)
-    alpha = purify.adp_step_size(h, params, x, g, settings)
+    g = field(x)
+    alpha = adp.adp_step_size(field, x, g, settings)
     return x + alpha[:, None, None, None] * g
 
   def scan(remat: bool, unroll):
@@ -90,23 +96,24 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
   from configs import cifar10, digits
-  from jaxpure import experiment
+  from jaxpure import model_specs, purifiers
 
   device = common.select_device("gpu" if args.device in ("gpu", "cuda") else args.device)
   config = (digits if args.quick else cifar10).get_config()
-  module = experiment.score_module(config)
-  shape = (args.batch,) + experiment.image_shape(config)
+  module = model_specs.SCORE.build(config)
+  shape = (args.batch,) + model_specs.image_shape(config)
   info = common.describe(device)
   common.print_header("reverse pass of T ADP steps: lax.scan versus unrolled", info)
-  settings = dataclasses.replace(experiment.purify_settings(config), max_iter=args.steps)
+  settings = dataclasses.replace(
+      purifiers.make_settings("adp", config.purifiers.adp.to_dict()), max_iter=args.steps)
   print(f"x [{', '.join(map(str, shape))}] in [0, 1], ngf {module.ngf}, T {args.steps}, "
         f"median of {args.repeats} runs after a warm-up")
   with jax.default_device(device):
     x = jax.random.uniform(jax.random.key(0), shape)
-    params = module.init(jax.random.key(1), x[:1])["params"]
-    h = experiment.score_h(module)
+    variables = {"params": model_specs.SCORE.init(module, jax.random.key(1), x[:1])["params"]}
+    h = model_specs.score_fn(config)
     rows = {}
-    for name, fn in variants(h, params, settings, args.steps).items():
+    for name, fn in variants(h, variables, settings, args.steps).items():
       try:
         rows[name] = measure(fn, x, args.repeats)
       except Exception as e:  # noqa: BLE001 — an allocation failure ends the row, not the run

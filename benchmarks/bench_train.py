@@ -62,7 +62,8 @@ def bench_config(name: str, args, devices) -> dict:
   import jax
   import jax.numpy as jnp
   from configs import cifar10, digits
-  from jaxpure import experiment, parallel, training
+  from jaxpure import model_specs, parallel, training
+  from jaxpure.jobs import train as train_job
   from benchmarks import common
   config = {"digits": digits, "cifar10": cifar10}[name].get_config()
   mesh = parallel.make_mesh(devices)
@@ -70,13 +71,13 @@ def bench_config(name: str, args, devices) -> dict:
   batch = parallel.round_up_to_devices(batch, mesh)
   on_cpu = devices[0].platform == "cpu"
   steps = args.steps or (5 if name == "cifar10" and on_cpu else 20)
-  module = experiment.score_module(config)
-  section = experiment.optimizer_settings(config.score)
+  spec = model_specs.SCORE
+  module = spec.build(config)
+  section = spec.optimizer_settings(config)
   opt, ema = training.make_optimizer(section), training.make_ema(section)
-  state = experiment.init_train_state("score", config, module, jax.random.key(0), mesh)
-  step = training.make_train_step(experiment.loss_function("score", config, module), opt, ema,
-                                  mesh)
-  shape = (batch,) + experiment.image_shape(config)
+  state = train_job.init_train_state(spec, config, module, jax.random.key(0), mesh)
+  step = training.make_train_step(spec.loss(config, module), opt, ema, mesh)
+  shape = (batch,) + model_specs.image_shape(config)
   images = jax.device_put(jax.random.uniform(jax.random.key(1), shape),
                           parallel.batch_sharding(mesh))
   batch_tree = {"image": images, "label": jnp.zeros((batch,), jnp.int32)}

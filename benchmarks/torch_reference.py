@@ -10,7 +10,7 @@ code base. Two purifiers run the same network:
   on the device (`torch.where`, no host synchronisation), `torch.inference_mode`, optionally
   channels_last memory layout and a `torch.compile`d network.
 
-Both follow `jaxpure.purify` step for step: g = h(x); z = <g, h(x + delta g)> / <g, g>;
+Both follow `jaxpure.purifiers.adp` step for step: g = h(x); z = <g, h(x + delta g)> / <g, g>;
 alpha = clip(lam delta / (1 - z), alpha_min, alpha_max), alpha_max when not finite; an
 example stops for good at its first step with alpha <= tau (taking no step there);
 x <- clip(x + alpha g, 0, 1).
@@ -44,9 +44,17 @@ def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
   return nn.Conv2d(cin, cout, 1, stride=1, padding=0, bias=True)
 
 
+def mean_pool2x2(x: torch.Tensor) -> torch.Tensor:
+  """2x2 mean pooling, stride 2, on [N, C, H, W] (H, W even), summed in jaxpure's
+  `mean_pool2x2` order (top-left, bottom-left, top-right, bottom-right), then divided by 4."""
+  return (x[:, :, ::2, ::2] + x[:, :, 1::2, ::2] + x[:, :, ::2, 1::2]
+          + x[:, :, 1::2, 1::2]) / 4.0
+
+
 class InstanceNormPlus(nn.Module):
   """InstanceNorm++ as jaxpure's: per example and channel, spatial mean mu_c and (biased)
-  variance v_c; m, s2 the mean and biased variance of mu_c over channels;
+  variance v_c; m and s2 the mean and the *unbiased* variance (divisor C - 1) of mu_c over
+  the channels;
   out = gamma_c ((x - mu_c) / sqrt(v_c + eps) + alpha_c (mu_c - m) / sqrt(s2 + eps)) + beta_c.
 
   x: [N, C, H, W]; returns the same shape.
@@ -64,65 +72,82 @@ class InstanceNormPlus(nn.Module):
     var = x.var(dim=(2, 3), keepdim=True, correction=0)
     h = (x - mu) / torch.sqrt(var + self.eps)
     m = mu.mean(dim=1, keepdim=True)
-    s2 = mu.var(dim=1, keepdim=True, correction=0)
+    s2 = mu.var(dim=1, keepdim=True, correction=1)
     view = (1, -1, 1, 1)
     h = h + self.alpha.view(view) * ((mu - m) / torch.sqrt(s2 + self.eps))
     return self.gamma.view(view) * h + self.beta.view(view)
 
 
-class ResidualBlock(nn.Module):
-  """jaxpure's `ResidualBlock`: (norm -> ELU -> conv) twice plus a shortcut.
+class ConvMeanPool(nn.Module):
+  """jaxpure's `ConvMeanPool`: a stride-1 'same' conv (submodule `conv`, kernel 1 or 3),
+  then 2x2 mean pooling."""
 
-  `down` without dilation halves H, W (conv, then 2x2 mean pool; shortcut 1x1 conv + pool);
-  with dilation > 1 the resolution is kept and the shortcut is a dilated 3x3 conv.
+  def __init__(self, cin: int, cout: int, kernel: int = 3):
+    super().__init__()
+    self.conv = _conv3x3(cin, cout) if kernel == 3 else _conv1x1(cin, cout)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return mean_pool2x2(self.conv(x))
+
+
+class ResidualBlock(nn.Module):
+  """jaxpure's `ResidualBlock`: (normalize -> ELU -> conv) twice plus a shortcut.
+
+  `down` without dilation halves H, W (conv2 and the shortcut are `ConvMeanPool`s: 3x3 and
+  1x1); with dilation > 1 the resolution is kept and conv2 and the shortcut are dilated 3x3
+  convs. Without `down` the shortcut is the identity for an unchanged channel count, else a
+  1x1 conv (a dilated 3x3 conv when dilation > 1).
   x: [N, cin, H, W] -> [N, features, H', W'].
   """
 
   def __init__(self, cin: int, features: int, down: bool = False, dilation: int = 1):
     super().__init__()
-    self.down, self.dilation = down, dilation
     d = dilation
-    self.norm1 = InstanceNormPlus(cin)
     mid = cin if down else features
+    self.normalize1 = InstanceNormPlus(cin)
     self.conv1 = _conv3x3(cin, mid, d)
-    self.norm2 = InstanceNormPlus(mid)
-    self.conv2 = _conv3x3(mid, features, d)
-    if down or cin != features:
-      self.shortcut = _conv3x3(cin, features, d) if d > 1 else _conv1x1(cin, features)
+    self.normalize2 = InstanceNormPlus(mid)
+    if down and d == 1:
+      self.conv2 = ConvMeanPool(mid, features, 3)
+      self.shortcut = ConvMeanPool(cin, features, 1)
     else:
-      self.shortcut = None
+      self.conv2 = _conv3x3(mid, features, d)
+      if down or cin != features:
+        self.shortcut = _conv3x3(cin, features, d) if d > 1 else _conv1x1(cin, features)
+      else:
+        self.shortcut = None
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    h = self.conv1(F.elu(self.norm1(x)))
-    h = self.conv2(F.elu(self.norm2(h)))
+    h = self.conv1(F.elu(self.normalize1(x)))
+    h = self.conv2(F.elu(self.normalize2(h)))
     shortcut = x if self.shortcut is None else self.shortcut(x)
-    if self.down and self.dilation == 1:
-      h, shortcut = F.avg_pool2d(h, 2), F.avg_pool2d(shortcut, 2)
     return shortcut + h
 
 
 class RCU(nn.Module):
-  """Residual conv units: n_blocks times x + (ELU -> conv3x3 no bias)^n_stages (x)."""
+  """Residual conv units: n_blocks times x + (ELU -> conv3x3 no bias)^n_stages (x); the
+  convs are named `{i}_{j}_conv` (block i, stage j, from 1), as jaxpure's."""
 
   def __init__(self, channels: int, n_blocks: int, n_stages: int = 2):
     super().__init__()
     self.n_blocks, self.n_stages = n_blocks, n_stages
-    for i in range(n_blocks):
-      for j in range(n_stages):
-        setattr(self, f"conv_{i}_{j}", _conv3x3(channels, channels, bias=False))
+    for i in range(1, n_blocks + 1):
+      for j in range(1, n_stages + 1):
+        self.add_module(f"{i}_{j}_conv", _conv3x3(channels, channels, bias=False))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    for i in range(self.n_blocks):
+    for i in range(1, self.n_blocks + 1):
       residual = x
-      for j in range(self.n_stages):
-        x = getattr(self, f"conv_{i}_{j}")(F.elu(x))
+      for j in range(1, self.n_stages + 1):
+        x = getattr(self, f"{i}_{j}_conv")(F.elu(x))
       x = x + residual
     return x
 
 
 class CRP(nn.Module):
   """Chained residual pooling, 5x5 stride-1 pools: max pads with -inf (`max_pool2d`
-  padding), avg pads with zeros and divides by 25 (`count_include_pad=True`)."""
+  padding), avg pads with zeros and divides by 25 (`count_include_pad=True`); convs
+  `convs_{i}` without bias."""
 
   def __init__(self, channels: int, n_stages: int = 2, pool: str = "max"):
     super().__init__()
@@ -130,7 +155,7 @@ class CRP(nn.Module):
       raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
     self.n_stages, self.pool = n_stages, pool
     for i in range(n_stages):
-      setattr(self, f"conv_{i}", _conv3x3(channels, channels, bias=False))
+      self.add_module(f"convs_{i}", _conv3x3(channels, channels, bias=False))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     x = F.elu(x)
@@ -140,26 +165,25 @@ class CRP(nn.Module):
         path = F.max_pool2d(path, 5, stride=1, padding=2)
       else:
         path = F.avg_pool2d(path, 5, stride=1, padding=2, count_include_pad=True)
-      path = getattr(self, f"conv_{i}")(path)
+      path = getattr(self, f"convs_{i}")(path)
       x = x + path
     return x
 
 
 class MSF(nn.Module):
-  """Multi-resolution fusion: conv3x3 each input, bilinear (aligned corners) up to the
-  largest input, sum."""
+  """Multi-resolution fusion: conv3x3 (`convs_{i}`, with bias) each input, bilinear (aligned
+  corners) resize to the first input's resolution, sum."""
 
   def __init__(self, in_channels: Sequence[int], features: int):
     super().__init__()
-    self.n = len(in_channels)
     for i, c in enumerate(in_channels):
-      setattr(self, f"conv_{i}", _conv3x3(c, features))
+      self.add_module(f"convs_{i}", _conv3x3(c, features))
 
   def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    size = (max(x.shape[-2] for x in xs), max(x.shape[-1] for x in xs))
+    size = tuple(xs[0].shape[-2:])
     out = 0.0
     for i, x in enumerate(xs):
-      y = getattr(self, f"conv_{i}")(x)
+      y = getattr(self, f"convs_{i}")(x)
       if tuple(y.shape[-2:]) != size:
         y = F.interpolate(y, size=size, mode="bilinear", align_corners=True)
       out = out + y
@@ -167,28 +191,31 @@ class MSF(nn.Module):
 
 
 class RefineBlock(nn.Module):
-  """RCU(2) on each input -> MSF (several inputs or a channel change) -> CRP -> RCU(3 if
-  end else 1)."""
+  """RCU(2) on each input (`adapt_convs_{i}`) -> MSF (`msf`, several inputs only) -> CRP
+  (`crp`) -> RCU (`output_convs`, 3 blocks if end else 1). A single input must have
+  `features` channels."""
 
   def __init__(self, in_channels: Sequence[int], features: int, end: bool = False,
                pool: str = "max"):
     super().__init__()
-    self.n = len(in_channels)
+    if len(in_channels) == 1 and in_channels[0] != features:
+      raise ValueError(f"a RefineBlock with one input needs {features} channels, "
+                       f"got {in_channels[0]}")
     for i, c in enumerate(in_channels):
-      setattr(self, f"adapt_{i}", RCU(c, 2, 2))
-    self.use_msf = len(in_channels) > 1 or in_channels[0] != features
-    self.msf = MSF(in_channels, features) if self.use_msf else None
+      self.add_module(f"adapt_convs_{i}", RCU(c, 2, 2))
+    self.msf = MSF(in_channels, features) if len(in_channels) > 1 else None
     self.crp = CRP(features, 2, pool)
-    self.output = RCU(features, 3 if end else 1, 2)
+    self.output_convs = RCU(features, 3 if end else 1, 2)
 
   def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    hs = [getattr(self, f"adapt_{i}")(x) for i, x in enumerate(xs)]
-    h = self.msf(hs) if self.use_msf else hs[0]
-    return self.output(self.crp(h))
+    hs = [getattr(self, f"adapt_convs_{i}")(x) for i, x in enumerate(xs)]
+    h = self.msf(hs) if self.msf is not None else hs[0]
+    return self.output_convs(self.crp(h))
 
 
 class TorchNCSNv2(nn.Module):
-  """jaxpure's NCSNv2 RefineNet with the score head, in NCHW.
+  """jaxpure's NCSNv2 RefineNet with the score head, in NCHW (RefineBlocks numbered from
+  the deepest stage: `refine1` on stage 4, ..., `refine4` on stage 1).
 
   x: [N, channels, H, W] float32 in about [0, 1], H, W even; returns h(x), same shape.
   """
@@ -204,11 +231,11 @@ class TorchNCSNv2(nn.Module):
     self.res3_1 = ResidualBlock(2 * ngf, 2 * ngf, dilation=2)
     self.res4_0 = ResidualBlock(2 * ngf, 2 * ngf, down=True, dilation=4)
     self.res4_1 = ResidualBlock(2 * ngf, 2 * ngf, dilation=4)
-    self.refine4 = RefineBlock([2 * ngf], 2 * ngf, pool=pool)
-    self.refine3 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf, pool=pool)
-    self.refine2 = RefineBlock([2 * ngf, 2 * ngf], ngf, pool=pool)
-    self.refine1 = RefineBlock([ngf, ngf], ngf, end=True, pool=pool)
-    self.end_norm = InstanceNormPlus(ngf)
+    self.refine1 = RefineBlock([2 * ngf], 2 * ngf, pool=pool)
+    self.refine2 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf, pool=pool)
+    self.refine3 = RefineBlock([2 * ngf, 2 * ngf], ngf, pool=pool)
+    self.refine4 = RefineBlock([ngf, ngf], ngf, end=True, pool=pool)
+    self.normalizer = InstanceNormPlus(ngf)
     self.end_conv = _conv3x3(ngf, channels)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,11 +244,11 @@ class TorchNCSNv2(nn.Module):
     layer2 = self.res2_1(self.res2_0(layer1))
     layer3 = self.res3_1(self.res3_0(layer2))
     layer4 = self.res4_1(self.res4_0(layer3))
-    ref = self.refine4([layer4])
-    ref = self.refine3([layer3, ref])
-    ref = self.refine2([layer2, ref])
-    ref = self.refine1([layer1, ref])
-    return self.end_conv(F.elu(self.end_norm(ref)))
+    ref = self.refine1([layer4])
+    ref = self.refine2([layer3, ref])
+    ref = self.refine3([layer2, ref])
+    ref = self.refine4([layer1, ref])
+    return self.end_conv(F.elu(self.normalizer(ref)))
 
 
 def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
@@ -260,7 +287,7 @@ def net_from_flax(params: Mapping, ngf: int, channels: int, pool: str = "max") -
 # ----------------------------------------------------------------------------- purifiers
 @dataclasses.dataclass(frozen=True)
 class AdpSettings:
-  """ADP's step settings (DESIGN §1; same meaning as jaxpure.purify.PurifySettings)."""
+  """ADP's step settings (DESIGN §1; same meaning as jaxpure.purifiers.adp.Settings)."""
   max_iter: int
   lam: float
   delta: float
@@ -270,7 +297,7 @@ class AdpSettings:
 
   @classmethod
   def like(cls, settings) -> "AdpSettings":
-    """The same fields read off any settings object (e.g. a jaxpure PurifySettings)."""
+    """The same fields read off any settings object (e.g. jaxpure.purifiers.adp.Settings)."""
     return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 

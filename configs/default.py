@@ -25,6 +25,13 @@ def get_config():
   score.model = "ncsnv2"
   score.head = "score"  # "score": h has the image's shape; "energy": h = -grad_x E(x)
   score.ngf = 128
+  # DDPM++ (score.model = "ddpmpp", DiffPure's CIFAR-10 network) trained on the VP-SDE below.
+  score.nf = 128
+  score.ch_mult = (1, 2, 2, 2)
+  score.num_res_blocks = 8
+  score.attn_resolutions = (16,)
+  score.dropout = 0.1
+  # NCSNv2's annealed DSM noise levels.
   score.sigma_max = 50.0
   score.sigma_min = 0.01
   score.num_sigmas = 232
@@ -42,11 +49,18 @@ def get_config():
   score.checkpoint_every = 5000
   score.keep_checkpoints = 3
 
+  # The VP-SDE of time-conditioned score networks (Score SDE; DiffPure): beta(t) linear.
+  config.sde = sde = ml_collections.ConfigDict()
+  sde.beta_min = 0.1
+  sde.beta_max = 20.0
+  sde.t_eps = 1e-5  # training draws t ~ U(t_eps, 1)
+
   # Classifier trained by cross-entropy (the classifier the purifier protects).
   config.classifier = clf = ml_collections.ConfigDict()
   clf.model = "wrn"
   clf.depth = 28
   clf.width = 10
+  clf.normalize_input = True  # (x - 0.5) / 0.5 inside the network; RobustBench's WRN: False
   clf.batch_size = 128
   clf.num_steps = 80_000
   clf.lr = 0.1
@@ -73,27 +87,43 @@ def get_config():
   report.num_samples = 16  # annealed Langevin samples for the sample grid
   report.sampling_steps_each = 5
   report.sampling_step_lr = 6.2e-6  # NCSNv2 CIFAR-10 value (alpha_i = lr * sigma_i^2 / sigma_L^2)
+  report.vp_sampling_steps = 100  # DDPM ancestral steps from t = 1 (time-conditioned networks)
 
-  # Purification (ADP defaults, DESIGN §1): see jaxpure.purify.PurifySettings.
-  config.purify = purify = ml_collections.ConfigDict()
-  purify.sigma_n = 0.25
-  purify.noise = "gaussian"  # "gaussian" or "binary"
-  purify.method = "adp"  # "adp", "gd" or "langevin"
-  purify.max_iter = 10  # T
-  purify.lam = 0.05  # lambda
-  purify.delta = 1e-3
-  purify.tau = 1e-3
-  purify.alpha_min = 1e-5
-  purify.alpha_max = 1e-1
-  purify.step_size = 1e-2  # gd / langevin
-  purify.sigma_p = 0.25  # langevin
-  purify.restarts = 10  # R
+  # The defense: a purifier family (jaxpure/purifiers/), its restarts and the classifier.
+  config.defense = defense = ml_collections.ConfigDict()
+  defense.purifier = "adp"  # a family name; its settings are config.purifiers.<name>
+  defense.restarts = 10  # R: purifications averaged (mean softmax) when the defense classifies
+
+  # One section per purifier family; keys are the family's Settings fields.
+  config.purifiers = ml_collections.ConfigDict()
+  config.purifiers.adp = adp = ml_collections.ConfigDict()  # ADP defaults (DESIGN §1)
+  adp.sigma_n = 0.25
+  adp.noise = "gaussian"  # "gaussian" or "binary"
+  adp.method = "adp"  # "adp", "gd" or "langevin"
+  adp.max_iter = 10  # T
+  adp.lam = 0.05  # lambda
+  adp.delta = 1e-3
+  adp.tau = 1e-3
+  adp.alpha_min = 1e-5
+  adp.alpha_max = 1e-1
+  adp.step_size = 1e-2  # gd / langevin
+  adp.sigma_p = 0.25  # langevin
+  adp.remat = True  # jax.checkpoint each step: memory flat in T under jax.grad
+  # DiffPure (DESIGN §1): needs a time-conditioned network (score.model = "ddpmpp").
+  config.purifiers.diffpure = dp = ml_collections.ConfigDict()
+  dp.t_star = 0.1  # diffusion time t*
+  dp.num_steps = 100  # reverse steps N (dt = t* / N = 1e-3)
+  dp.sampler = "sde"  # "sde" (Euler-Maruyama), "ddpm" (ancestral) or "ddim"
+  dp.beta_min = 0.1  # the VP-SDE the network was trained on (config.sde)
+  dp.beta_max = 20.0
+  dp.remat = True
 
   # evaluate.py
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 100
   ev.num_examples = 0  # 0 = the whole test split
   ev.seed = 1
+  ev.scoring_runs = 1  # independent runs of the defense scoring each attacked point
   ev.grid_examples = 8
   ev.grid_restarts = 3
 
@@ -103,6 +133,7 @@ def get_config():
   at.eps = 8 / 255
   at.batch_size = 100
   at.seed = 2
+  at.eot_chunk = 0  # exact-gradient attacks: EOT samples differentiated at a time (0 = all)
   at.sweep_attack = "pgd_eot_full"  # the epsilon sweep and gradient-masking check
   at.sweep_eps = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 64 / 255)  # last: very large
   at.sweep_num_steps = 20

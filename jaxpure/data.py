@@ -2,7 +2,9 @@
 
 All reading goes through `tfds.data_source` (random access to array_record files, no
 TensorFlow). The offline `digits` data set is prepared on first use; MNIST and CIFAR-10 must
-be prepared once (`python -m jaxpure.datasets.prepare NAME`, needs the `tf` extra).
+be prepared once (`python -m jaxpure.datasets.prepare NAME`, needs the `tf` extra; CIFAR-10
+also offline from its python tarball with `--from cifar-10-python.tar.gz`, which `cifar10`
+then reads: see `prepare.source_name`).
 
 Training batches depend only on (key, step): the order is a permutation of the split drawn
 from `fold_in(key, epoch)`, so a resumed run sees exactly the batches an uninterrupted run
@@ -31,20 +33,25 @@ def open_split(name: str, split: str, data_dir: str | None = None):
   """A random-access source of one split: `len(src)`, `src.__getitems__(indices)`.
 
   Elements are dicts with `image` (uint8 [H, W, C]) and `label` (int). `digits` is prepared
-  here if needed (offline, seconds); other data sets raise DataNotPreparedError.
+  here if needed (offline, seconds); other data sets raise DataNotPreparedError. `cifar10`
+  reads `cifar10_tarball` where `prepare cifar10 --from` put it (tarball order).
   """
   data_dir = data_dir or None
   if name in OFFLINE_DATASETS and not prepare_lib.is_prepared(name, data_dir):
     prepare_lib.prepare(name, data_dir)
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(prepare_lib.source_name(name, data_dir), split=split,
+                            data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types for "not there"; all mean the same here.
     where = data_dir or _default_data_dir()
     dir_flag = f" --data_dir {data_dir}" if data_dir else ""
     raise DataNotPreparedError(
         f"data set {name!r} (split {split!r}) is not prepared as array_record in {where} "
         f"({type(e).__name__}); prepare it with: pip install -e '.[tf]' && "
-        f"python -m jaxpure.datasets.prepare {name}{dir_flag}") from e
+        f"python -m jaxpure.datasets.prepare {name}{dir_flag}"
+        + (f" (or offline: python -m jaxpure.datasets.prepare {name} --from "
+           f"{prepare_lib.FROM_FILE[name]}{dir_flag})" if name in prepare_lib.FROM_FILE
+           else "")) from e
 
 
 def read_examples(source, indices) -> tuple[np.ndarray, np.ndarray]:

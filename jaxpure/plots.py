@@ -13,13 +13,14 @@ def _pyplot():
 
 
 def plot_purification_steps(path: str, accuracy_by_step, alphas_by_step, active_by_step,
-                            clean_accuracy: float | None = None) -> str:
+                            clean_accuracy: float | None = None, scalar_name: str | None = "alpha"
+                            ) -> str:
   """Two panels: ensemble accuracy after each purification step (step 0 = noise only), and
-  the distribution of the step size alpha over active examples at each step (box plots),
-  with the fraction of examples still active.
+  the distribution of the purifier's step scalar (ADP: the step size alpha) over active
+  examples at each step (box plots), with the fraction of examples still active.
 
-  accuracy_by_step: [T + 1]; alphas_by_step: list of T arrays of alphas of active examples;
-  active_by_step: [T] fraction active.
+  accuracy_by_step: [T + 1]; alphas_by_step: list of T arrays of the scalar's values of active
+  examples (empty when the family defines none); active_by_step: [T] fraction active.
   """
   plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -31,12 +32,13 @@ def plot_purification_steps(path: str, accuracy_by_step, alphas_by_step, active_
   ax1.set_ylabel("accuracy")
   ax1.set_title("accuracy vs purification step")
   ax1.legend(loc="lower right")
-  data = [a if len(a) else np.array([np.nan]) for a in alphas_by_step]
-  ax2.boxplot(data, positions=np.arange(1, len(data) + 1), showfliers=False)
-  ax2.set_yscale("log")
+  if scalar_name:
+    data = [a if len(a) else np.array([np.nan]) for a in alphas_by_step]
+    ax2.boxplot(data, positions=np.arange(1, len(data) + 1), showfliers=False)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(f"{scalar_name}_t (active examples)")
+    ax2.set_title(f"{scalar_name} per step")
   ax2.set_xlabel("step t (1-based)")
-  ax2.set_ylabel("alpha_t (active examples)")
-  ax2.set_title("step size per step")
   twin = ax2.twinx()
   twin.plot(np.arange(1, len(active_by_step) + 1), active_by_step, "r.-")
   twin.set_ylim(0, 1.05)
@@ -48,29 +50,69 @@ def plot_purification_steps(path: str, accuracy_by_step, alphas_by_step, active_
   return path
 
 
-def plot_eps_sweep(path: str, sweep: dict, robust: dict, eps: float, undefended: float) -> str:
-  """Accuracy vs epsilon: the sweep's curves (defended, and the bare classifier under
-  pgd_clf), and each attack's robust accuracy at the evaluation's eps as a point."""
+def plot_eps_sweep(path: str, sweep: dict, robust: dict, eps: float, undefended: float,
+                   baseline: str = "pgd_clf") -> str:
+  """Accuracy vs epsilon: the sweep's curves (defended, and the bare classifier under the
+  blind `baseline` attack), and each attack's robust accuracy at the evaluation's eps as a
+  point.
+
+  Readable at a glance: x ticks only at the evaluated radii (no colliding log-scale minor
+  labels); the points at the evaluation's eps are spread sideways with distinct markers on top
+  of the curves so that none hides another; the legend sits outside the axes.
+  """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, rows in sweep.items():
-    e = [r["eps"] for r in rows]
-    if name == "pgd_clf":
-      ax.plot(e, [r["bare_accuracy"] for r in rows], "k--o", label="pgd_clf on bare classifier")
-    else:
-      ax.plot(e, [r["defended_accuracy"] for r in rows], "-o", label=f"{name} vs defense")
-  for name, value in robust.items():
-    ax.plot([eps], [value], "s", label=f"{name} (eps {eps:.3f})")
-  if undefended is not None:
-    ax.plot([eps], [undefended], "kx", label="undefended (pgd_clf)")
-  ax.set_xscale("log")
-  ax.set_xlabel("eps")
-  ax.set_ylabel("accuracy")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title("accuracy vs attack radius")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
+  fig = eps_sweep_figure(sweep, robust, eps, undefended, baseline)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def eps_sweep_figure(sweep: dict, robust: dict, eps: float, undefended: float,
+                     baseline: str = "pgd_clf"):
+  """The matplotlib figure of `plot_eps_sweep` (the caller closes it)."""
+  plt = _pyplot()
+  from matplotlib import ticker
+  fig, ax = plt.subplots(figsize=(8.5, 4.2))
+  radii = {float(eps)}
+  for name, rows in sweep.items():
+    e = [r["eps"] for r in rows]
+    radii.update(float(x) for x in e)
+    if name == baseline:
+      ax.plot(e, [r["bare_accuracy"] for r in rows], "--o", color="0.35", mfc="white",
+              label=f"{name} on bare classifier (sweep)", zorder=2)
+    else:
+      ax.plot(e, [r["defended_accuracy"] for r in rows], "-o", color="tab:blue",
+              label=f"{name} vs defense (sweep)", zorder=2)
+  points = [(f"{name} vs defense", value) for name, value in robust.items()]
+  if undefended is not None:
+    points.append((f"{baseline} on bare classifier", undefended))
+  markers = ["s", "D", "^", "v", "P", "h", "<", ">"]
+  colors = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+            "tab:olive", "tab:cyan"]
+  n = len(points)
+  for i, (label, value) in enumerate(points):
+    undef = undefended is not None and i == n - 1
+    x = eps * 1.06 ** (i - (n - 1) / 2)  # side by side around eps (log axis)
+    ax.plot([x], [value], "X" if undef else markers[i % len(markers)], ms=9 if undef else 7,
+            color="black" if undef else colors[i % len(colors)], mec="white" if undef else "black",
+            mew=0.8, ls="none", zorder=4, clip_on=False,
+            label=f"{label} at eps {eps:g}: {value:.3f}")
+  ax.set_xscale("log")
+  ticks = []
+  for r in sorted(radii):  # skip a radius too close to the previous tick to be labelled apart
+    if not ticks or r / ticks[-1] > 1.25:
+      ticks.append(r)
+  ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+  ax.xaxis.set_major_formatter(ticker.FixedFormatter([f"{t:.3g}" for t in ticks]))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.set_xlim(min(radii) / 1.3, max(radii) * 1.3)
+  ax.axvline(eps, color="0.85", lw=1, zorder=1)
+  ax.set_xlabel("eps (attack radius, log scale)")
+  ax.set_ylabel("accuracy")
+  ax.set_ylim(-0.04, 1.04)
+  ax.grid(True, axis="y", color="0.92")
+  ax.set_title("accuracy vs attack radius")
+  ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+  fig.tight_layout()
+  return fig

@@ -1,8 +1,19 @@
-"""Annealed Langevin dynamics (NCSNv2) for looking at what a score network learned."""
+"""Sampling from an NCSNv2-type field h(params, x, t) (score at sigma = h / sigma): the one-step
+Tweedie denoiser and annealed Langevin dynamics, for looking at what a network learned."""
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+def _levels(x: jax.Array, sigma) -> jax.Array:
+  return jnp.full(x.shape[:1], sigma, x.dtype)
+
+
+def tweedie_denoise(h, params, x_noisy: jax.Array, sigma: float) -> jax.Array:
+  """One-step (Tweedie) denoising x~ + sigma^2 s(x~, sigma) = x~ + sigma h(x~, sigma); not
+  clipped. x_noisy: [B, H, W, C]."""
+  return x_noisy + sigma * h(params, x_noisy, _levels(x_noisy, sigma))
 
 
 def annealed_langevin(h, params, key: jax.Array, shape: tuple[int, ...], sigmas: jax.Array,
@@ -22,10 +33,11 @@ def annealed_langevin(h, params, key: jax.Array, shape: tuple[int, ...], sigmas:
   def step(x, inputs):
     sigma, k = inputs
     alpha = step_lr * (sigma / sigmas[-1]) ** 2
-    x = x + alpha * h(params, x) / sigma + jnp.sqrt(2 * alpha) * jax.random.normal(k, x.shape)
+    x = x + alpha * h(params, x, _levels(x, sigma)) / sigma + jnp.sqrt(2 * alpha) * jax.random.normal(
+        k, x.shape)
     return x, None
 
   x, _ = lax.scan(step, x, (level_sigmas, keys))
   if denoise:
-    x = x + sigmas[-1] * h(params, x)
+    x = tweedie_denoise(h, params, x, sigmas[-1])
   return jnp.clip(x, 0.0, 1.0)

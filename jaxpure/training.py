@@ -129,18 +129,22 @@ class LoopResult:
 def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[int], Any],
                key: jax.Array, num_steps: int, checkpointer, log_every: int,
                log_metrics: Callable[[dict], None], should_stop: Callable[[], bool] = lambda: False,
-               print_fn: Callable[[str], None] = print) -> LoopResult:
+               print_fn: Callable[[str], None] = print, grad_clip: float = 0.0) -> LoopResult:
   """Runs `train_step` from `state.step` to `num_steps`, logging, checkpointing, stoppable.
 
-  Every `log_every` steps (and at the end) it writes a metrics dict (step, model, loss,
-  steps_per_sec, ...) through `log_metrics` and a progress line with ETA through `print_fn`.
+  The first step compiles: a "compiling ..." line comes before it and its time is reported
+  apart. Every `log_every` steps (and at the end) it writes a metrics dict (step, model, loss,
+  steps_per_sec, ...) through `log_metrics` and a progress line with ETA through `print_fn`;
+  steps/s and the ETA count only steps after the first, so compile time does not inflate them.
   Checkpoints follow the checkpointer's policy; a non-finite loss or parameters raises
-  NonFiniteLossError before anything non-finite is saved. When `should_stop()` turns true
-  the state is saved and the loop returns with completed=False.
+  NonFiniteLossError before anything non-finite is saved (grad_clip, the run's clipping
+  norm, only shapes its advice). When `should_stop()` turns true the state is saved and the
+  loop returns with completed=False.
   """
   step = int(state.step)
-  start_step, t_last, step_last = step, time.perf_counter(), step
-  t_start = t_last
+  first_step = step + 1
+  t_last, step_last = time.perf_counter(), step
+  t_after_first = None  # when the first (compiling) step had finished
   while step < num_steps:
     if should_stop():
       if checkpointer.latest_step() != step:
@@ -149,23 +153,39 @@ def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[
       print_fn(f"[{model}] interrupted at step {step}; checkpoint saved, "
                "run the same command again to resume")
       return LoopResult(state, completed=False)
+    if step + 1 == first_step:
+      print_fn(f"[{model}] compiling the train step (the first step includes it) ...")
     state, metrics = train_step(state, batches(step), key)
     step += 1
+    if step == first_step:
+      jax.block_until_ready(metrics["loss"])
+      t_after_first = time.perf_counter()
+      print_fn(f"[{model}] compiled; step {step} took {t_after_first - t_last:.1f} s")
+      if not step % log_every == 0 and step != num_steps:
+        t_last, step_last = t_after_first, step  # later rates count post-compile steps only
     is_log = step % log_every == 0 or step == num_steps
     is_save = checkpointer.should_save(step) or step == num_steps
     if is_log or is_save:
       host = jax.device_get(metrics)
       if not bool(host["finite"]):
         checkpointer.wait()
+        kept = checkpointer.latest_step()
+        kept = (f"the last good checkpoint is kept at step {kept}" if kept is not None else
+                "no checkpoint was saved yet (nothing non-finite is saved)")
+        advice = (f"lower the learning rate (gradient clipping is already on: "
+                  f"config.{model}.grad_clip={grad_clip:g})" if grad_clip > 0 else
+                  f"lower the learning rate or enable gradient clipping "
+                  f"(--config.{model}.grad_clip=1.0)")
         raise NonFiniteLossError(
             f"[{model}] non-finite loss or parameters at step {step} (loss={float(host['loss'])}); "
-            f"stopped, the last good checkpoint is kept at step {checkpointer.latest_step()}; "
-            "lower the learning rate or enable grad_clip")
+            f"stopped; {kept}; {advice}")
     if is_log:
       now = time.perf_counter()
       rate = (step - step_last) / max(now - t_last, 1e-9)
       t_last, step_last = now, step
-      overall = (step - start_step) / max(now - t_start, 1e-9)
+      # ETA from the steps after the compiling first one (unknown right after it).
+      done = step - first_step
+      overall = done / max(now - t_after_first, 1e-9) if done > 0 else 0.0
       eta = (num_steps - step) / overall if overall > 0 else float("inf")
       record = {"step": step, "model": model, "loss": float(host["loss"]),
                 "steps_per_sec": rate,

@@ -2,7 +2,7 @@
 
   python tests/multihost_worker.py MODE OUT WORKDIR [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-MODE "train": a few digits score-network steps through experiment.train_model (orbax
+MODE "train": a few digits score-network steps through jobs.train.train_model (orbax
 checkpoints in WORKDIR), then the final parameters to OUT (.npz, process 0).
 MODE "purify": the purifier and one attack on a test batch, results to OUT (process 0).
 MODE "train_long": trains for a long time (to be killed). XLA_FLAGS sets the device count.
@@ -18,8 +18,10 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from configs import digits  # noqa: E402
-from jaxpure import attacks, data, experiment, parallel  # noqa: E402
-from jaxpure import purify as purify_lib  # noqa: E402
+from jaxpure import attacks, data, model_specs, parallel, purifiers  # noqa: E402
+from jaxpure.defense import Defense  # noqa: E402
+from jaxpure.jobs import train  # noqa: E402
+from jaxpure.purifiers import common as purifier_common  # noqa: E402
 
 
 def tiny_config():
@@ -43,8 +45,8 @@ def main():
     if mode == "train_long":
       config.score.num_steps = 10**6
     split = data.open_split("digits", "train")
-    state, _ = experiment.train_model("score", config, workdir, split, key, mesh,
-                                      should_stop=lambda: False, print_fn=print)
+    state, _ = train.train_model(model_specs.SCORE, config, workdir, split, key, mesh,
+                                 should_stop=lambda: False, print_fn=print)
     leaves = [np.asarray(x.addressable_shards[0].data) for x in jax.tree.leaves(state.params)]
     result = {f"p{i}": a for i, a in enumerate(leaves)}
   else:
@@ -55,18 +57,17 @@ def main():
     gx = jax.make_array_from_process_local_data(local, x[sl], x.shape)
     gy = jax.make_array_from_process_local_data(local, y[sl], y.shape)
     gidx = jax.make_array_from_process_local_data(local, np.arange(16, dtype=np.int32)[sl], (16,))
-    module = experiment.score_module(config)
-    state = experiment.init_train_state("score", config, module, key, mesh)
-    clf_module = experiment.classifier_module(config)
-    clf = experiment.init_train_state("classifier", config, clf_module, key, mesh)
-    defense = attacks.Defense(h=experiment.score_h(module),
-                              logits_fn=experiment.classifier_logits(clf_module),
-                              purify=purify_lib.PurifySettings(restarts=2, max_iter=3))
-    params = {"score": state.params, "classifier": {"params": clf.params}}
-    keys = jax.jit(lambda i: purify_lib.example_keys(key, i),
+    score, clf = model_specs.SCORE, model_specs.CLASSIFIER
+    state = train.init_train_state(score, config, score.build(config), key, mesh)
+    clf_state = train.init_train_state(clf, config, clf.build(config), key, mesh)
+    adp = purifiers.get("adp")
+    defense = Defense(score_fn=model_specs.score_fn(config),
+                      logits_fn=model_specs.logits_fn(config), family=adp,
+                      settings=adp.Settings(max_iter=3), restarts=2)
+    params = {"score": {"params": state.params}, "classifier": {"params": clf_state.params}}
+    keys = jax.jit(lambda i: purifier_common.example_keys(key, i),
                    out_shardings=local)(gidx)
-    purified = purify_lib.make_purifier(defense.h, defense.purify, mesh=mesh)(
-        params["score"], gx, keys)
+    purified = defense.make_purifier(defense.restarts, mesh=mesh)(params, gx, keys)
     s = attacks.AttackSettings(eps=0.1, step_size=0.05, num_steps=2, n_eot=2)
     x_adv = attacks.make_attack("pgd_eot_full", defense, s, mesh=mesh)(params, keys, gx, gy)
     result = {"purified": multihost_utils.process_allgather(purified, tiled=True),

@@ -61,3 +61,23 @@ def test_bench_scan_grad_times_every_variant_and_checkpointing_saves_memory(tmp_
           < rows["lax.scan, no checkpoint"]["temp_mib"])
   for name in rows:
     assert name in out.stdout
+
+
+def test_bench_diffpure_memory_grows_far_slower_with_remat(tmp_path):
+  # Tiny nets, compiled in this one process at LLVM optimisation level 0: the buffer sizes
+  # come from XLA's HLO passes, which that level does not change, and compiling is ~3x faster.
+  report = tmp_path / "diffpure.json"
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "bench_diffpure_memory.py"),
+       "--quick", "--steps", "2,4", "--batch", "2", "--compile_timeout", "0",
+       "--json", str(report)],
+      capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_backend_optimization_level=0"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads(report.read_text())["rows"]
+  assert [(r["N"], r["remat"]) for r in rows] == [(2, True), (2, False), (4, True), (4, False)]
+  assert all(r["compiled"]["temp"] > 0 and r["compiled"]["compile_s"] > 0 for r in rows)
+  grow = {r["remat"]: r["growth_per_step"] for r in rows if r["N"] == 4}
+  assert grow[False] > 10 * max(grow[True], 1024), grow
+  assert "growth per step (remat)" in out.stdout and "growth per step (no remat)" in out.stdout

@@ -12,10 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = [f"--config.{m}.{k}={v}" for m in ("score", "classifier") for k, v in (
-    ("batch_size", 16), ("num_steps", 4), ("log_every", 2), ("checkpoint_every", 2))] + [
-    "--config.score.ngf=4", "--config.classifier.width=8", "--config.report.num_samples=8",
-    "--config.report.sampling_steps_each=1"]
+SMOKE = "configs/smoke.py"  # the digits config at test size
 
 
 def _env():
@@ -42,7 +39,7 @@ def assert_one_line_error(proc, *fragments):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir), *TINY)
+  proc = run_train("--config", SMOKE, "--workdir", str(workdir))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
@@ -68,21 +65,20 @@ def test_tiny_run_writes_every_output(trained_workdir):
 
 def test_rerun_of_finished_run_resumes_without_training(trained_workdir):
   workdir, _ = trained_workdir
-  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir), *TINY)
+  proc = run_train("--config", SMOKE, "--workdir", str(workdir))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "resumed from" in proc.stdout and "step 2/4" not in proc.stdout
 
 
 def test_checkpoint_of_another_model_is_one_line_error(trained_workdir):
   workdir, _ = trained_workdir
-  proc = run_train("--config", "configs/digits.py", "--workdir", str(workdir),
-                   *TINY, "--config.score.ngf=8")
+  proc = run_train("--config", SMOKE, "--workdir", str(workdir), "--config.score.ngf=8")
   assert_one_line_error(proc, "another model", "ngf")
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
-  args = [sys.executable, "train.py", "--config", "configs/digits.py", "--workdir",
-          str(tmp_path), *TINY, "--config.score.num_steps=100000", "--models=score"]
+  args = [sys.executable, "train.py", "--config", SMOKE, "--workdir",
+          str(tmp_path), "--config.score.num_steps=100000", "--models=score"]
   proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
@@ -126,20 +122,19 @@ def test_unprepared_cifar10_says_how_to_prepare(tmp_path):
 def test_unwritable_workdir_is_one_line_error(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  proc = run_train("--config", "configs/digits.py", "--workdir", str(blocker / "sub"), *TINY)
+  proc = run_train("--config", SMOKE, "--workdir", str(blocker / "sub"))
   assert_one_line_error(proc, "cannot write to workdir")
 
 
-def test_nan_loss_is_one_line_error_and_keeps_good_checkpoint(trained_workdir, tmp_path):
-  proc = run_train("--config", "configs/digits.py", "--workdir", str(tmp_path), *TINY,
+def test_nan_loss_is_one_line_error_and_saves_no_non_finite_checkpoint(tmp_path):
+  proc = run_train("--config", SMOKE, "--workdir", str(tmp_path),
                    "--models=score", "--config.score.lr=inf")
   assert_one_line_error(proc, "non-finite")
   assert not [d for d in os.listdir(tmp_path / "checkpoints" / "score") if d.isdigit()]
 
 
 # ----------------------------------------------------------------------------- evaluate.py
-EVAL_TINY = ["--num_examples=20", "--config.purify.restarts=2", "--config.purify.max_iter=3",
-             "--config.eval.batch_size=16"]
+EVAL_TINY = ["--num_examples=20", "--config.eval.batch_size=16"]
 
 
 def run_evaluate(*args, timeout=600):
@@ -149,7 +144,7 @@ def run_evaluate(*args, timeout=600):
 
 def test_evaluate_writes_report_and_pictures(trained_workdir):
   workdir, _ = trained_workdir
-  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY,
+  proc = run_evaluate("--config", SMOKE, "--workdir", str(workdir),
                       *EVAL_TINY)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "[eval] clean: batch 2/2" in proc.stdout and "ETA" in proc.stdout
@@ -166,8 +161,8 @@ def test_evaluate_writes_report_and_pictures(trained_workdir):
   assert report["accuracy_by_step"][0] == report["noise_only_accuracy"]
   assert report["accuracy_by_step"][-1] == report["defended_clean_accuracy"]
   assert len(report["alpha_by_step"]) == 3
-  assert report["settings"]["purify"]["restarts"] == 2
-  assert report["settings"]["purify"]["sigma_n"] == 0.25
+  assert report["settings"]["defense"]["restarts"] == 2
+  assert report["settings"]["defense"]["settings"]["sigma_n"] == 0.25
   t = report["timings"]["clean"]
   assert t["compile_seconds_this_run"] > 0 and t["seconds"] > 0 and t["images_per_second"] > 0
   assert report["versions"]["jax"] == jax.__version__ and report["device"]["count"] == 8
@@ -176,51 +171,45 @@ def test_evaluate_writes_report_and_pictures(trained_workdir):
 
 
 def test_evaluate_without_checkpoints_is_one_line_error(tmp_path):
-  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(tmp_path), *TINY)
+  proc = run_evaluate("--config", SMOKE, "--workdir", str(tmp_path))
   assert_one_line_error(proc, "no score checkpoint", "train first")
 
 
 def test_evaluate_with_another_model_is_one_line_error(trained_workdir):
   workdir, _ = trained_workdir
-  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY,
+  proc = run_evaluate("--config", SMOKE, "--workdir", str(workdir),
                       "--config.classifier.width=16")
   assert_one_line_error(proc, "another model", "width")
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ("--config.purify.sigma_n=-0.1", "sigma_n"), ("--config.purify.max_iter=0", "max_iter"),
-    ("--config.purify.restarts=0", "restarts"), ("--config.purify.lam=0.0", "lam")])
+    ("--config.purifiers.adp.sigma_n=-0.1", "sigma_n"),
+    ("--config.purifiers.adp.max_iter=0", "max_iter"),
+    ("--config.defense.restarts=0", "restarts"), ("--config.purifiers.adp.lam=0.0", "lam")])
 def test_evaluate_bad_settings_are_one_line_errors(trained_workdir, override, fragment):
   workdir, _ = trained_workdir
-  proc = run_evaluate("--config", "configs/digits.py", "--workdir", str(workdir), *TINY, override)
+  proc = run_evaluate("--config", SMOKE, "--workdir", str(workdir), override)
   assert_one_line_error(proc, fragment)
 
 
 def _tiny_config():
-  from configs import digits
-  config = digits.get_config()
-  for arg in TINY + ["--config.purify.restarts=2", "--config.purify.max_iter=3"]:
-    key, value = arg[len("--config."):].split("=")
-    section, name = key.split(".")
-    config[section][name] = type(config[section][name])(value)
+  from configs import smoke
+  config = smoke.get_config()
   config.attack.sweep_eps = (0.5,)
-  config.attack.sweep_num_steps = 2
   config.attack.sweep_n_eot = 1
   config.attack.batch_size = 8
   config.eval.batch_size = 8
-  for name in ("pgd_clf", "bpda_eot", "pgd_eot_full", "apgd_eot"):
-    config.attack[name].update(num_steps=2, n_eot=2)
   return config
 
 
 def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
   import shutil
-  from jaxpure import evaluate_job
+  from jaxpure.jobs import evaluation
   workdir, _ = trained_workdir
   config = _tiny_config()
   attacks = ["pgd_clf", "bpda_eot", "pgd_eot_full", "apgd_eot"]
   quiet = lambda s: None
-  full = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet)
+  full = evaluation.evaluate(config, str(workdir), attacks, 20, sweep=True, print_fn=quiet)
   assert set(full["robust_accuracy"]) == set(attacks)
   assert len(full["eps_sweep"]["pgd_eot_full"]) == 1
   for png in ("adversarial.png", "eps_sweep.png"):
@@ -234,11 +223,11 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
     if unit == "apgd_eot" and batch == 0:  # after the other attacks' batches
       raise Crash
   with pytest.raises(Crash):
-    evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
+    evaluation.evaluate(config, str(workdir), attacks, 20, sweep=True, print_fn=quiet,
                           after_batch=crash_after_first)
   assert not (workdir / "eval" / "report.json").exists()
   done = []
-  resumed = evaluate_job.evaluate(config, str(workdir), attacks, 20, print_fn=quiet,
+  resumed = evaluation.evaluate(config, str(workdir), attacks, 20, sweep=True, print_fn=quiet,
                                   after_batch=lambda u, b: done.append((u, b)))
   for finished in (("clean", 0), ("bpda_eot", 0), ("bpda_eot", 1), ("apgd_eot", 0)):
     assert finished not in done  # skipped, not redone (apgd_eot's settings hold tuples)

@@ -107,5 +107,5 @@ def test_cross_entropy_matches_numpy():
   labels = rng.integers(0, 10, size=6)
   log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   want = -log_softmax[np.arange(6), labels].mean()
-  got = losses.cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
+  got = losses.mean_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
   assert float(got) == pytest.approx(want, rel=1e-5)

@@ -109,7 +109,7 @@ def test_bad_head_raises():
   with pytest.raises(ValueError, match="head must be one of"):
     jax.eval_shape(net.init, _key(), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="head 'score' or 'energy'"):
-    models.score_function(models.create("small_cnn"))
+    models.score_function(net)
 
 
 def test_wrong_channels_raises():
@@ -129,10 +129,38 @@ def test_ncsnv2_output_shapes(shape, head):
   x = jax.ShapeDtypeStruct((batch,) + shape, jnp.float32)
   variables = jax.eval_shape(net.init, _key(), x)
   out = jax.eval_shape(net.apply, variables, x)
-  h = jax.eval_shape(models.score_function(net), variables, x)
+  t = jax.ShapeDtypeStruct((batch,), jnp.float32)
+  h = jax.eval_shape(models.score_function(net), variables, x, t)
   chex.assert_shape(out, (batch,) + shape if head == "score" else (batch,))
   chex.assert_shape(h, (batch,) + shape)
   assert out.dtype == h.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_ncsnv2_stage_resolutions(size):
+  """As in the original: only stage 2 downsamples; the dilated "down" blocks of stages 3 and 4
+  keep the resolution; the last RefineBlock works at the input resolution. Parameter names
+  follow the original's state-dict keys (refine1 is the deepest RefineBlock)."""
+  net = models.create("ncsnv2", ngf=NGF, channels=1)
+  x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+  variables = jax.eval_shape(net.init, _key(), x)
+  _, state = jax.eval_shape(
+      lambda v, x: net.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+      variables, x)
+  inter = state["intermediates"]
+  half = size // 2
+  for name, hw, c in [("res1_1", size, NGF), ("res2_0", half, 2 * NGF), ("res3_0", half, 2 * NGF),
+                      ("res4_0", half, 2 * NGF), ("refine1", half, 2 * NGF),
+                      ("refine3", half, NGF), ("refine4", size, NGF)]:
+    chex.assert_shape(inter[name]["__call__"][0], (2, hw, hw, c))
+  p = variables["params"]
+  assert set(p["refine1"]) == {"adapt_convs_0", "crp", "output_convs"}  # no MSF
+  assert set(p["refine4"]["output_convs"]) == {f"{i}_{j}_conv" for i in (1, 2, 3) for j in (1, 2)}
+  assert p["res2_0"]["conv2"]["conv"]["kernel"].shape == (3, 3, NGF, 2 * NGF)
+  assert p["res2_0"]["shortcut"]["conv"]["kernel"].shape == (1, 1, NGF, 2 * NGF)
+  assert p["res4_0"]["shortcut"]["kernel"].shape == (3, 3, 2 * NGF, 2 * NGF)
+  assert "shortcut" not in p["res4_1"]
+  assert "bias" not in p["refine2"]["crp"]["convs_0"] and "bias" in p["refine2"]["msf"]["convs_0"]
 
 
 def test_ncsnv2_forward_digits(digits_vars):
@@ -146,7 +174,7 @@ def test_ncsnv2_forward_digits(digits_vars):
   # The energy is the documented function of the shared body output f(x).
   chex.assert_trees_all_close(e, 0.5 * jnp.sum((x - f) ** 2, axis=(1, 2, 3)), rtol=1e-5)
   # The score head's field is the module's output itself.
-  chex.assert_trees_all_close(_SCORE_FIELD(digits_vars, x), f)
+  chex.assert_trees_all_close(_SCORE_FIELD(digits_vars, x, jnp.ones(3)), f)
 
 
 def test_energy_head_is_minus_grad_by_finite_differences(digits_vars):
@@ -163,8 +191,8 @@ def test_energy_head_is_minus_grad_by_finite_differences(digits_vars):
       plus[k, i, j, 0] += eps
       minus[k, i, j, 0] -= eps
     batch = jnp.asarray(np.concatenate([x, plus, minus]))
-    energies, h = jax.jit(lambda v, xs: (net.apply(v, xs), models.score_function(net)(v, xs)))(
-        v64, batch)
+    energies, h = jax.jit(lambda v, xs: (
+        net.apply(v, xs), models.score_function(net)(v, xs, jnp.ones(xs.shape[0]))))(v64, batch)
     assert h.dtype == jnp.float64
   n = len(coords)
   fd = (np.asarray(energies[2:2 + n]) - np.asarray(energies[2 + n:])) / (2 * eps)
@@ -179,10 +207,11 @@ def test_ncsnv2_batch_independence(digits_vars, head):
   h = _SCORE_FIELD if head == "score" else _ENERGY_FIELD
   x = jax.random.uniform(jax.random.key(2), (3, 8, 8, 1))
   x = x.at[1].multiply(3.0)  # very different statistics for one example
-  batched = h(digits_vars, x)
+  t = jnp.ones(3)
+  batched = h(digits_vars, x, t)
   # Example i alone: a batch of copies of x_i has the same shape (no recompilation) and any
   # batch statistic of it equals x_i's own.
-  alone = jnp.stack([h(digits_vars, jnp.repeat(x[i:i + 1], 3, axis=0))[0] for i in range(3)])
+  alone = jnp.stack([h(digits_vars, jnp.repeat(x[i:i + 1], 3, axis=0), t)[0] for i in range(3)])
   chex.assert_trees_all_close(batched, alone, atol=1e-4, rtol=1e-4)
   assert float(jnp.max(jnp.abs(batched[0] - batched[1]))) > 1e-2  # examples do differ
 
@@ -196,7 +225,7 @@ def _instance_norm_plus_np(x, alpha, gamma, beta, eps=1e-5):
   for b in range(x.shape[0]):
     mu = np.array([x[b, :, :, c].mean() for c in range(x.shape[-1])])
     var = np.array([x[b, :, :, c].var() for c in range(x.shape[-1])])
-    mu_std = (mu - mu.mean()) / np.sqrt(mu.var() + eps)
+    mu_std = (mu - mu.mean()) / np.sqrt(mu.var(ddof=1) + eps)  # unbiased, as torch.var
     for c in range(x.shape[-1]):
       normed = (x[b, :, :, c] - mu[c]) / np.sqrt(var[c] + eps)
       out[b, :, :, c] = gamma[c] * (normed + alpha[c] * mu_std[c]) + beta[c]
@@ -234,7 +263,8 @@ def test_residual_block_down(dilation, out_hw):
   variables = jax.eval_shape(block.init, _key(1), x)
   out = jax.eval_shape(block.apply, variables, x)
   chex.assert_shape(out, (2, out_hw, out_hw, 16))
-  kernel = variables["params"]["shortcut"]["kernel"]
+  shortcut = variables["params"]["shortcut"]
+  kernel = shortcut["conv"]["kernel"] if dilation == 1 else shortcut["kernel"]
   assert kernel.shape[:2] == ((1, 1) if dilation == 1 else (3, 3))
 
 
@@ -291,7 +321,8 @@ def test_refine_block_fuses_to_largest_resolution():
   xs = [jnp.ones((2, 8, 8, 3)), jnp.ones((2, 4, 4, 5))]
   variables = jax.eval_shape(block.init, jax.random.key(0), xs)
   chex.assert_shape(jax.eval_shape(block.apply, variables, xs), (2, 8, 8, 4))
-  assert set(variables["params"]["output"]) == {f"conv_{i}_{j}" for i in range(3) for j in range(2)}
+  assert set(variables["params"]["output_convs"]) == {
+      f"{i}_{j}_conv" for i in range(1, 4) for j in range(1, 3)}
 
 
 # ----------------------------------------------------------------------------- classifiers

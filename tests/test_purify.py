@@ -1,5 +1,7 @@
-"""The purifier against independent NumPy loops of DESIGN §1, and its structural promises."""
+"""The ADP purifier family against independent NumPy loops of DESIGN §1, and its structural
+promises (through the Defense that runs it)."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxpure import parallel
-from jaxpure import purify as P
+from jaxpure.defense import Defense, ensemble
 from jaxpure.errors import ConfigError
+from jaxpure.purifiers import adp, common
 
 SHAPE = (6, 4, 4, 1)
 D = 16
@@ -19,6 +22,37 @@ def _params(dtype=np.float64, seed=0):
   rng = np.random.default_rng(seed)
   return {"w": (rng.normal(size=(D, D)) * 0.8).astype(dtype),
           "b": (rng.normal(size=(D,)) * 0.3).astype(dtype)}
+
+
+@dataclasses.dataclass(frozen=True)
+class S(adp.Settings):
+  """ADP's settings and the number of restarts R (which the Defense holds)."""
+  restarts: int = 10
+
+  def __post_init__(self):
+    super().__post_init__()
+    _defense(h_jax, self)  # the Defense checks the restarts
+
+
+
+def _defense(h, s: S) -> Defense:
+  return Defense(score_fn=lambda p, x, t: h(p, x), logits_fn=None, family=adp,
+                 settings=adp.Settings(**{f.name: getattr(s, f.name)
+                                          for f in dataclasses.fields(adp.Settings)}),
+                 restarts=s.restarts)
+
+
+def purify(h, params, x, keys, s: S, return_trace=False):
+  """R purifications [R, B, ...] (and the trace as {"alpha", "active", "iterates"})."""
+  out, tr = _defense(h, s).purify({"score": params}, x, keys, s.restarts)
+  tr = {"alpha": tr["step_scalars"]["alpha"], "active": tr["step_mask"],
+        "iterates": tr["iterates"]}
+  return (out, tr) if return_trace else out
+
+
+def make_purifier(h, s: S, mesh=None):
+  fn = _defense(h, s).make_purifier(s.restarts, mesh)
+  return lambda params, x, keys: fn({"score": params}, x, keys)
 
 
 def h_jax(params, x):
@@ -34,7 +68,7 @@ def h_np(params, x):
   return (np.tanh(flat @ params["w"] + params["b"]) - 2.0 * (flat - 0.5)).reshape(x.shape)
 
 
-def adp_reference(params, x0, s: P.PurifySettings):
+def adp_reference(params, x0, s: S):
   """DESIGN §1 for one example, float64, Python loop with a real `break`.
 
   Returns (x_T, alphas taken [T] (0 after stopping), stop step or None)."""
@@ -57,25 +91,28 @@ def _x(seed=1, dtype=np.float64):
 
 
 def _keys(n=SHAPE[0], seed=0):
-  return P.example_keys(jax.random.key(seed), jnp.arange(n))
+  return common.example_keys(jax.random.key(seed), jnp.arange(n))
 
 
 def test_adp_matches_float64_numpy_loop():
   params, x = _params(), _x()
   with jax.enable_x64(True):
     # Pick tau inside the range of the alphas so that some examples stop mid-way.
-    free = P.PurifySettings(restarts=2, max_iter=8, tau=1e-12, lam=0.05)
-    _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
+    free = S(restarts=2, max_iter=8, tau=1e-12, lam=0.05)
+    _, tr = purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
     free_alpha = np.asarray(tr["alpha"]).transpose(0, 2, 1).reshape(-1, 8)  # [R*B, T]
 
     def stop_steps(tau):  # until it stops, an example's alphas are those of the free run
       return [int(np.argmax(a <= tau)) if (a <= tau).any() else None for a in free_alpha]
 
-    tau = max(np.unique(free_alpha), key=lambda t: (None in stop_steps(t),
-                                                    len(set(stop_steps(t)))))
-    tau = float(tau)
-    s = P.PurifySettings(restarts=2, max_iter=8, tau=tau, lam=0.05)
-    out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+    values = np.unique(free_alpha)
+    i = max(range(len(values) - 1), key=lambda i: (None in stop_steps(values[i]),
+                                                   len(set(stop_steps(values[i])))))
+    # Halfway to the next value: the same stops as values[i], but no alpha sits on the
+    # threshold, where rounding differences between JAX and NumPy would decide the stop.
+    tau = float((values[i] + values[i + 1]) / 2)
+    s = S(restarts=2, max_iter=8, tau=tau, lam=0.05)
+    out, tr = purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
     out, alpha, active, iterates = (np.asarray(out), np.asarray(tr["alpha"]),
                                     np.asarray(tr["active"]), np.asarray(tr["iterates"]))
   stops = []
@@ -94,8 +131,8 @@ def test_adp_matches_float64_numpy_loop():
 
 def test_float32_purifier_agrees_with_float64_reference():
   params, x = _params(np.float32), _x(dtype=np.float32)
-  s = P.PurifySettings(restarts=1, max_iter=6)
-  out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  s = S(restarts=1, max_iter=6)
+  out, tr = purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
   for b in range(SHAPE[0]):
     want, _, _ = adp_reference(_params(), np.asarray(tr["iterates"][0, 0, b], np.float64), s)
     np.testing.assert_allclose(np.asarray(out[0, b]), want, atol=1e-5)
@@ -103,23 +140,23 @@ def test_float32_purifier_agrees_with_float64_reference():
 
 def test_randomization_is_clipped_gaussian_with_sigma_n():
   x = jnp.full((64, 8, 8, 1), 0.5)
-  s = P.PurifySettings(sigma_n=0.1, restarts=3, max_iter=1)
-  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x,
+  s = S(sigma_n=0.1, restarts=3, max_iter=1)
+  _, tr = purify(lambda p, x: jnp.zeros_like(x), None, x,
                    _keys(64), s, return_trace=True)
   x0 = np.asarray(tr["iterates"][:, 0])
   noise = x0 - 0.5
   assert abs(noise.std() - 0.1) < 0.005 and abs(noise.mean()) < 0.005
   assert not np.allclose(x0[0], x0[1])  # restarts draw different noise
-  big = P.PurifySettings(sigma_n=1.0, restarts=1, max_iter=1)
-  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(64), big, return_trace=True)
+  big = S(sigma_n=1.0, restarts=1, max_iter=1)
+  _, tr = purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(64), big, return_trace=True)
   x0 = np.asarray(tr["iterates"][:, 0])
   assert x0.min() == 0.0 and x0.max() == 1.0  # clipped to the image range
 
 
 def test_binary_noise_has_the_right_magnitude():
   x = jnp.full((16, 4, 4, 1), 0.5)
-  s = P.PurifySettings(sigma_n=0.25, noise="binary", restarts=2, max_iter=1)
-  _, tr = P.purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(16), s, return_trace=True)
+  s = S(sigma_n=0.25, noise="binary", restarts=2, max_iter=1)
+  _, tr = purify(lambda p, x: jnp.zeros_like(x), None, x, _keys(16), s, return_trace=True)
   dev = np.asarray(tr["iterates"][:, 0]) - 0.5
   np.testing.assert_allclose(np.abs(dev), 0.25 * math.sqrt(2 / math.pi), rtol=1e-6)
   assert 0.4 < (dev > 0).mean() < 0.6
@@ -128,19 +165,19 @@ def test_binary_noise_has_the_right_magnitude():
 def test_batch_is_purified_as_examples_alone():
   params, x = _params(np.float32), _x(dtype=np.float32)
   keys = _keys()
-  s = P.PurifySettings(restarts=3, max_iter=5)
-  batch = np.asarray(P.purify(h_jax, params, jnp.asarray(x), keys, s))
+  s = S(restarts=3, max_iter=5)
+  batch = np.asarray(purify(h_jax, params, jnp.asarray(x), keys, s))
   for b in range(SHAPE[0]):
-    alone = np.asarray(P.purify(h_jax, params, jnp.asarray(x[b:b + 1]), keys[b:b + 1], s))
+    alone = np.asarray(purify(h_jax, params, jnp.asarray(x[b:b + 1]), keys[b:b + 1], s))
     np.testing.assert_allclose(batch[:, b], alone[:, 0], atol=1e-6)
 
 
 def test_stopped_examples_never_move_and_alpha_in_bounds():
   params, x = _params(np.float32), _x(dtype=np.float32)
-  free = P.PurifySettings(restarts=4, max_iter=10, tau=1e-12)
-  _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
-  s = P.PurifySettings(restarts=4, max_iter=10, tau=float(np.median(tr["alpha"])))
-  out, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  free = S(restarts=4, max_iter=10, tau=1e-12)
+  _, tr = purify(h_jax, params, jnp.asarray(x), _keys(), free, return_trace=True)
+  s = S(restarts=4, max_iter=10, tau=float(np.median(tr["alpha"])))
+  out, tr = purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
   alpha, active, it = (np.asarray(tr["alpha"]), np.asarray(tr["active"]),
                        np.asarray(tr["iterates"]))
   assert (~active).any() and active.any()
@@ -156,8 +193,8 @@ def test_stopped_examples_never_move_and_alpha_in_bounds():
 
 def test_gd_follows_its_formula():
   params, x = _params(np.float32), _x(dtype=np.float32)
-  s = P.PurifySettings(method="gd", step_size=0.05, restarts=2, max_iter=4)
-  _, tr = P.purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
+  s = S(method="gd", step_size=0.05, restarts=2, max_iter=4)
+  _, tr = purify(h_jax, params, jnp.asarray(x), _keys(), s, return_trace=True)
   it = np.asarray(tr["iterates"], np.float64)
   p64 = _params()
   for r in range(2):
@@ -171,10 +208,10 @@ def test_gd_follows_its_formula():
 def test_langevin_follows_its_formula():
   params = _params(np.float32)
   x = jnp.full((32, 4, 4, 1), 0.5)
-  s = P.PurifySettings(method="langevin", step_size=1e-3, sigma_p=0.25, sigma_n=0.05,
+  s = S(method="langevin", step_size=1e-3, sigma_p=0.25, sigma_n=0.05,
                        restarts=2, max_iter=3)
-  out1, tr = P.purify(h_jax, params, x, _keys(32), s, return_trace=True)
-  out2 = P.purify(h_jax, params, x, _keys(32), s)
+  out1, tr = purify(h_jax, params, x, _keys(32), s, return_trace=True)
+  out2 = purify(h_jax, params, x, _keys(32), s)
   np.testing.assert_array_equal(np.asarray(out1), np.asarray(out2))  # same keys, same noise
   it = np.asarray(tr["iterates"], np.float64)
   p64 = _params()
@@ -190,11 +227,11 @@ def test_eight_devices_give_the_one_device_result():
   params, x = _params(np.float32), np.random.default_rng(3).uniform(size=(16, 4, 4, 1))
   x = x.astype(np.float32)
   keys = _keys(16)
-  s = P.PurifySettings(restarts=3, max_iter=5)
+  s = S(restarts=3, max_iter=5)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    fn = P.make_purifier(h_jax, s, mesh=mesh)
+    fn = make_purifier(h_jax, s, mesh=mesh)
     xs = jax.device_put(x, parallel.batch_sharding(mesh))
     ks = jax.device_put(keys, parallel.batch_sharding(mesh))
     out = fn(params, xs, ks)
@@ -210,7 +247,7 @@ def test_jitted_purifier_traces_once_per_shape():
     calls["n"] += 1
     return h_jax(params, x)
 
-  fn = P.make_purifier(counting_h, P.PurifySettings(restarts=2, max_iter=3))
+  fn = make_purifier(counting_h, S(restarts=2, max_iter=3))
   params, x = _params(np.float32), jnp.asarray(_x(dtype=np.float32))
   fn(params, x, _keys())
   traced = calls["n"]
@@ -227,7 +264,7 @@ def test_ensemble_readouts():
   logits = np.array([[[10.0, 0, 0], [0, 1, 0]],
                      [[0, 0.1, 0], [0, 1, 0]],
                      [[0, 0.1, 0], [2, 0, 0]]])
-  got = {k: np.asarray(v) for k, v in P.ensemble(jnp.asarray(logits)).items()}
+  got = {k: np.asarray(v) for k, v in ensemble(jnp.asarray(logits)).items()}
   softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   np.testing.assert_array_equal(got["mean_softmax"], softmax.mean(0).argmax(-1))
   np.testing.assert_array_equal(got["mean_logits"], logits.mean(0).argmax(-1))
@@ -240,4 +277,4 @@ def test_ensemble_readouts():
                                     dict(lam=0.0), dict(method="nope"), dict(noise="uniform")])
 def test_bad_settings_are_refused(kwargs):
   with pytest.raises(ConfigError, match=list(kwargs)[0]):
-    P.PurifySettings(**kwargs)
+    S(**kwargs)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference as tr  # noqa: E402
 from jaxpure import models  # noqa: E402
-from jaxpure import purify as P  # noqa: E402
+from jaxpure.purifiers import adp, common  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,18 +72,19 @@ def test_purifiers_match_jaxpure_float64():
   different steps (tau picked from the free run's step sizes)."""
   shape, b = (8, 8, 1), 5
   module, params = _flax_net(shape, 4, jitter=0.02)
-  h = lambda p, x: module.apply({"params": p}, x)
+  h = models.score_function(module)
+  purify = jax.jit(adp.purify, static_argnums=(0, 4))
   with jax.enable_x64(True):
-    params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    params64 = {"params": jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)}
     x = jax.random.uniform(jax.random.key(3), (b,) + shape, jnp.float64)
-    keys = P.example_keys(jax.random.key(4), jnp.arange(b))
-    free = P.PurifySettings(restarts=2, max_iter=6, tau=1e-12)
-    _, trace = P.make_purifier(h, free, return_trace=True)(params64, x, keys)
-    tau = float(np.median(np.asarray(trace["alpha"])))
+    keys = common.restart_keys(common.example_keys(jax.random.key(4), jnp.arange(b)), 2)
+    free = adp.Settings(max_iter=6, tau=1e-12)
+    _, trace = purify(h, params64, x, keys, free)
+    tau = float(np.median(np.asarray(trace["step_scalars"]["alpha"])))
     s = dataclasses.replace(free, tau=tau)
-    want, trace = P.make_purifier(h, s, return_trace=True)(params64, x, keys)
+    want, trace = purify(h, params64, x, keys, s)
     want, x0 = np.asarray(want), np.asarray(trace["iterates"][:, 0])
-    active = np.asarray(trace["active"])
+    active = np.asarray(trace["step_mask"])
   assert active.any() and not active.all()  # some examples stop mid-way
 
   net = tr.net_from_flax(jax.device_get(params), 4, 1).double()

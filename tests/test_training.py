@@ -5,23 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits
-from jaxpure import data, experiment, parallel, training
+from configs import smoke
+from jaxpure import data, model_specs, parallel, training
 from jaxpure.errors import CheckpointMismatchError, NonFiniteLossError
+from jaxpure.jobs import loading, train as train_job
+from jaxpure.model_specs import SPECS
 
 
 def tiny_config(**score):
-  config = digits.get_config()
-  config.score.ngf = 4
-  config.score.batch_size = 16
+  config = smoke.get_config()
   config.score.num_steps = 6
-  config.score.log_every = 2
-  config.score.checkpoint_every = 2
-  config.classifier.width = 8
-  config.classifier.batch_size = 16
   config.classifier.num_steps = 6
-  config.classifier.log_every = 2
-  config.classifier.checkpoint_every = 2
   for k, v in score.items():
     config.score[k] = v
   return config
@@ -33,12 +27,12 @@ def train_split():
 
 
 def _run_steps(kind, config, mesh, split, num_steps):
-  module = (experiment.score_module(config) if kind == "score"
-            else experiment.classifier_module(config))
+  spec = SPECS[kind]
+  module = spec.build(config)
   key = jax.random.key(0)
-  state = experiment.init_train_state(kind, config, module, key, mesh)
-  settings = experiment.optimizer_settings(config[kind])
-  step = training.make_train_step(experiment.loss_function(kind, config, module),
+  state = train_job.init_train_state(spec, config, module, key, mesh)
+  settings = spec.optimizer_settings(config)
+  step = training.make_train_step(spec.loss(config, module),
                                   training.make_optimizer(settings), training.make_ema(settings),
                                   mesh)
   batches = data.TrainBatches(split, jax.random.key(1), config[kind].batch_size, mesh,
@@ -61,9 +55,8 @@ def test_eight_devices_match_one(kind, head, train_split):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                one.ema_params, eight.ema_params)
   # The steps did change the parameters (the comparison is not between two initialisations).
-  fresh = experiment.init_train_state(
-      kind, config, experiment.score_module(config) if kind == "score"
-      else experiment.classifier_module(config), jax.random.key(0), parallel.make_mesh())
+  fresh = train_job.init_train_state(SPECS[kind], config, SPECS[kind].build(config),
+                                     jax.random.key(0), parallel.make_mesh())
   moved = max(float(np.max(np.abs(a - b))) for a, b in
               zip(jax.tree.leaves(one.params), jax.tree.leaves(jax.device_get(fresh.params))))
   assert moved > 1e-4
@@ -77,7 +70,7 @@ def test_train_step_shards_batch_and_replicates_state(train_split):
   assert batch["image"].sharding.is_equivalent_to(parallel.batch_sharding(mesh), 4)
   assert len(batch["image"].addressable_shards) == 8
   assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)
-  state = experiment.init_train_state("score", config, experiment.score_module(config),
+  state = train_job.init_train_state(model_specs.SCORE, config, model_specs.SCORE.build(config),
                                       jax.random.key(0), mesh)
   leaf = jax.tree.leaves(state.params)[0]
   assert leaf.sharding.is_fully_replicated
@@ -99,13 +92,13 @@ def test_resumed_run_is_bit_exact(kind, train_split, tmp_path):
   mesh = parallel.make_mesh()
   key = jax.random.key(5)
   quiet = lambda s: None
-  full, done = experiment.train_model(kind, config, str(tmp_path / "a"), train_split, key, mesh,
+  full, done = train_job.train_model(SPECS[kind], config, str(tmp_path / "a"), train_split, key, mesh,
                                       should_stop=lambda: False, print_fn=quiet)
   assert done and int(full.step) == 6
-  part, done = experiment.train_model(kind, config, str(tmp_path / "b"), train_split, key, mesh,
+  part, done = train_job.train_model(SPECS[kind], config, str(tmp_path / "b"), train_split, key, mesh,
                                       should_stop=_interrupt_after(3), print_fn=quiet)
   assert not done and int(part.step) == 3
-  resumed, done = experiment.train_model(kind, config, str(tmp_path / "b"), train_split, key,
+  resumed, done = train_job.train_model(SPECS[kind], config, str(tmp_path / "b"), train_split, key,
                                          mesh, should_stop=lambda: False, print_fn=quiet)
   assert done and int(resumed.step) == 6
   for a, b in zip(jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed))):
@@ -119,17 +112,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_split, tmp_path):
   config = tiny_config(num_steps=2)
   mesh = parallel.make_mesh()
   key, quiet = jax.random.key(0), (lambda s: None)
-  good, _ = experiment.train_model("score", config, str(tmp_path), train_split, key, mesh,
+  good, _ = train_job.train_model(model_specs.SCORE, config, str(tmp_path), train_split, key, mesh,
                                    should_stop=lambda: False, print_fn=quiet)
   config.score.num_steps = 6
   config.score.lr = float("inf")
   with pytest.raises(NonFiniteLossError, match="non-finite"):
-    experiment.train_model("score", config, str(tmp_path), train_split, key, mesh,
+    train_job.train_model(model_specs.SCORE, config, str(tmp_path), train_split, key, mesh,
                            should_stop=lambda: False, print_fn=quiet)
-  ckpt = experiment.checkpointer("score", config, str(tmp_path))
+  ckpt = train_job.checkpointer(model_specs.SCORE, config, str(tmp_path))
   assert ckpt.all_steps() == [2]
-  restored = ckpt.restore(experiment.abstract_train_state(
-      "score", config, experiment.score_module(config), mesh))
+  restored = ckpt.restore(train_job.init_train_state(
+      model_specs.SCORE, config, model_specs.SCORE.build(config), jax.random.key(1), mesh))
   for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)),
                   jax.tree.leaves(jax.device_get(good.params))):
     assert np.all(np.isfinite(a))
@@ -139,14 +132,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_split, tmp_path):
 def test_checkpoint_of_another_model_is_refused(train_split, tmp_path):
   config = tiny_config(num_steps=2)
   mesh = parallel.make_mesh()
-  experiment.train_model("score", config, str(tmp_path), train_split, jax.random.key(0), mesh,
+  train_job.train_model(model_specs.SCORE, config, str(tmp_path), train_split, jax.random.key(0), mesh,
                          should_stop=lambda: False, print_fn=lambda s: None)
   other = tiny_config(num_steps=2, ngf=8)
   with pytest.raises(CheckpointMismatchError, match="ngf"):
-    experiment.load_trained("score", other, str(tmp_path), mesh)
+    loading.load_model(model_specs.SCORE, other, str(tmp_path), mesh)
   energy = tiny_config(num_steps=2, head="energy")
   with pytest.raises(CheckpointMismatchError, match="head"):
-    experiment.load_trained("score", energy, str(tmp_path), mesh)
+    loading.load_model(model_specs.SCORE, energy, str(tmp_path), mesh)
 
 
 def test_ema_is_debiased_average_of_parameters():

@@ -1,8 +1,8 @@
 """APGD (Croce & Hein, ICML 2020) on an EOT gradient estimator, as one `lax.scan`.
 
-Step size starts at 2 eps and is halved at checkpoints w_j when fewer than rho = 0.75 of the
-steps since the last checkpoint increased the loss, or when neither the step size nor the best
-loss changed since then; on halving, the iterate restarts from the best point. Momentum 0.75.
+Step size starts at 2 eps and is halved at the halving points w_j when fewer than rho = 0.75 of
+the steps since the last halving point increased the loss, or when neither the step size nor the
+best loss changed since then; on halving, the iterate restarts from the best point. Momentum 0.75.
 All state is per example.
 """
 
@@ -18,7 +18,7 @@ MOMENTUM = 0.75
 RHO = 0.75
 
 
-def checkpoints(num_steps: int) -> list[int]:
+def halving_points(num_steps: int) -> list[int]:
   """The iterations w_j at which the step size may be halved: p_0 = 0, p_1 = 0.22,
   p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N)."""
   p = [0.0, 0.22]
@@ -27,29 +27,30 @@ def checkpoints(num_steps: int) -> list[int]:
   return sorted({math.ceil(round(q * num_steps, 6)) for q in p if q <= 1 + 1e-9})
 
 
-def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None):
+def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None):
   """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1].
 
   estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
   x_start: [B, H, W, C] starting point inside the ball (default: a random start if
-  s.random_start, else x).
+  s.random_start, else x). eps: an optional (traced) override of s.eps.
   """
+  eps = s.eps if eps is None else eps
   keys = common.per_example_keys(keys, x.shape[0])
   n = s.num_steps
-  ws = checkpoints(n)
-  is_ckpt = np.zeros(n + 1, bool)
-  since = np.zeros(n + 1, np.float32)  # steps since the previous checkpoint, at a checkpoint
+  ws = halving_points(n)
+  is_halving = np.zeros(n + 1, bool)
+  since = np.zeros(n + 1, np.float32)  # steps since the previous halving point, at a halving point
   for prev, w in zip(ws[:-1], ws[1:]):
     if w > 0:
-      is_ckpt[w], since[w] = True, w - prev
-  is_ckpt, since = jnp.asarray(is_ckpt), jnp.asarray(since)
+      is_halving[w], since[w] = True, w - prev
+  is_halving, since = jnp.asarray(is_halving), jnp.asarray(since)
   bshape = (-1,) + (1,) * (x.ndim - 1)
-  eta0 = 2.0 * s.eps
+  eta0 = 2.0 * eps
 
   if x_start is not None:
     x0 = x_start
   elif s.random_start:
-    x0 = common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, s.eps)
+    x0 = common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, eps)
   else:
     x0 = x
   f0, g0 = estimator(params, common.fold(keys, jnp.uint32(2**32 - 2)), x0, y)
@@ -60,18 +61,18 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None):
 
   def body(st, k):
     eta = st["eta"].reshape(bshape)
-    z = common.project(st["x"] + eta * common.ascent_direction(st["g"], s.norm), x, s.norm, s.eps)
+    z = common.project(st["x"] + eta * common.ascent_direction(st["g"], s.norm), x, s.norm, eps)
     a = jnp.where(k == 0, 1.0, MOMENTUM)
     x_new = common.project(st["x"] + a * (z - st["x"]) + (1 - a) * (st["x"] - st["x_prev"]),
-                           x, s.norm, s.eps)
+                           x, s.norm, eps)
     f_new, g_new = estimator(params, common.fold(keys, k), x_new, y)
     count = st["count"] + (f_new > st["f"]).astype(x.dtype)
     better = f_new > st["f_max"]
     x_max = jnp.where(better.reshape(bshape), x_new, st["x_max"])
     g_max = jnp.where(better.reshape(bshape), g_new, st["g_max"])
     f_max = jnp.where(better, f_new, st["f_max"])
-    at_ckpt = is_ckpt[k + 1]
-    halve = at_ckpt & ((count < RHO * since[k + 1]) |
+    at_halving = is_halving[k + 1]
+    halve = at_halving & ((count < RHO * since[k + 1]) |
                        ((st["eta"] == st["eta_last"]) & (f_max == st["f_max_last"])))
     hb = halve.reshape(bshape)
     new_eta = jnp.where(halve, st["eta"] / 2, st["eta"])
@@ -79,9 +80,9 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None):
     new = dict(
         x_prev=jnp.where(hb, x_max, st["x"]), x=x_next, g=jnp.where(hb, g_max, g_new),
         f=jnp.where(halve, f_max, f_new), x_max=x_max, f_max=f_max, g_max=g_max, eta=new_eta,
-        count=jnp.where(at_ckpt, 0.0, count),
-        eta_last=jnp.where(at_ckpt, new_eta, st["eta_last"]),
-        f_max_last=jnp.where(at_ckpt, f_max, st["f_max_last"]))
+        count=jnp.where(at_halving, 0.0, count),
+        eta_last=jnp.where(at_halving, new_eta, st["eta_last"]),
+        f_max_last=jnp.where(at_halving, f_max, st["f_max_last"]))
     return new, None
 
   state, _ = lax.scan(body, state, jnp.arange(n))

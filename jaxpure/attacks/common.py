@@ -1,4 +1,4 @@
-"""Shared pieces of the attacks: settings, the defense they attack, projections, random starts.
+"""Shared pieces of the attacks: settings, projections, random starts.
 
 Pixels in [0, 1]; threat models are l_inf and l_2 balls of radius eps around x, intersected
 with the image box [0, 1]. Each example has its own key ([B] keys), so an attack never
@@ -6,13 +6,11 @@ couples examples of a batch and gives the same result however the data is batche
 """
 
 import dataclasses
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
-from jaxpure import purify as purify_lib
 from jaxpure.errors import ConfigError
+from jaxpure.purifiers.common import fold, per_example_keys  # noqa: F401  (re-exported)
 
 NORMS = ("linf", "l2")
 LOSS_NAMES = ("ce", "cw", "dlr")
@@ -35,12 +33,10 @@ class AttackSettings:
   random_start: bool = True
   losses: tuple[str, ...] = ("ce", "dlr")
   warm_restarts: int = 0
+  eot_chunk: int = 0
 
   def __post_init__(self):
     problems = []
-    numbers = all(isinstance(v, (int, float)) for v in (self.eps, self.step_size))
-    if not numbers:  # traced eps/step_size (one compiled attack for an epsilon sweep)
-      return
     if self.norm not in NORMS:
       problems.append(f"norm={self.norm!r} (expected one of {NORMS})")
     if not self.eps >= 0:
@@ -53,46 +49,13 @@ class AttackSettings:
       problems.append(f"loss={self.loss!r} (expected one of {LOSS_NAMES})")
     if not self.losses or any(l not in LOSS_NAMES for l in self.losses):
       problems.append(f"losses={self.losses!r} (expected a non-empty tuple of {LOSS_NAMES})")
+    if self.eot_chunk < 0 or (self.eot_chunk and self.n_eot % self.eot_chunk):
+      problems.append(f"eot_chunk={self.eot_chunk} (expected 0 or a divisor of "
+                      f"n_eot={self.n_eot})")
     if self.warm_restarts < 0:
       problems.append(f"warm_restarts={self.warm_restarts} (expected >= 0)")
     if problems:
       raise ConfigError("bad attack settings: " + "; ".join(problems))
-
-
-@dataclasses.dataclass(frozen=True)
-class Defense:
-  """The defense under attack. h(score_params, x): the score field; logits_fn(clf_variables,
-  x) -> [B, K]; purify: the purifier's settings. Its params are passed separately as
-  {"score": ..., "classifier": ...}, so attacks can be jitted once and reused."""
-  h: Callable
-  logits_fn: Callable
-  purify: purify_lib.PurifySettings
-
-  def purified(self, params, x, keys, n: int):
-    """n purifications of x [B, ...]: [n, B, H, W, C] in [0, 1]."""
-    settings = dataclasses.replace(self.purify, restarts=n)
-    return purify_lib.purify(self.h, params["score"], x, keys, settings)
-
-  def classify(self, params, xs):
-    """Logits of images xs [..., B, H, W, C] -> [..., B, K]."""
-    lead = xs.shape[:-3]
-    flat = xs.reshape((-1,) + xs.shape[-3:])
-    out = self.logits_fn(params["classifier"], flat)
-    return out.reshape(lead + out.shape[-1:])
-
-  def logits(self, params, x, keys, n: int):
-    """Logits of n purified copies, [n, B, K]."""
-    return self.classify(params, self.purified(params, x, keys, n))
-
-
-def per_example_keys(keys: jax.Array, batch: int) -> jax.Array:
-  """A single key is split into `batch` keys; a [B] array of keys is returned as is."""
-  return jax.random.split(keys, batch) if keys.ndim == 0 else keys
-
-
-def fold(keys: jax.Array, data) -> jax.Array:
-  """fold_in every per-example key [B] with the same data (an iteration number, a tag)."""
-  return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
 def _norms(v: jax.Array) -> jax.Array:

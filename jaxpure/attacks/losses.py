@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optax
 
 
-def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+def per_example_cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   """Softmax cross-entropy per example, [..., B]."""
   return optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.broadcast_to(y, logits.shape[:-1]))
@@ -33,4 +33,4 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
   return -(true - other) / (top[..., 0] - top[..., 2] + 1e-12)
 
 
-LOSSES = {"ce": cross_entropy, "cw": cw_margin, "dlr": dlr}
+LOSSES = {"ce": per_example_cross_entropy, "cw": cw_margin, "dlr": dlr}

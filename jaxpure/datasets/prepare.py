@@ -8,10 +8,16 @@ files, so every data set is prepared with ``file_format="array_record"``.
 - ``mnist``, ``cifar10``: the official TFDS builders. Preparing them needs
   TensorFlow (``pip install -e ".[tf]"``) and a network, once; reading them
   afterwards needs neither.
+- ``cifar10 --from cifar-10-python.tar.gz``: our offline builder
+  (``jaxpure.datasets.cifar10_tarball``) over the CIFAR-10 python tarball the user
+  already has. No network, no TensorFlow; records keep the tarball order (test =
+  ``test_batch``, as RobustBench evaluates). It is stored as ``cifar10_tarball``, and
+  ``cifar10`` resolves to it wherever it is prepared (``source_name``), so configs
+  keep ``data.name = "cifar10"``.
 
 Command line::
 
-  python -m jaxpure.datasets.prepare NAME [--data_dir DIR]
+  python -m jaxpure.datasets.prepare NAME [--data_dir DIR] [--from FILE]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from jaxpure.datasets import cifar10_tarball  # registers "cifar10_tarball"
 from jaxpure.datasets import digits  # noqa: F401  (registers the "digits" builder)
 
 #: Data set names ``prepare`` knows, in the order they are listed to users.
@@ -34,6 +41,16 @@ SUPPORTED = ("digits", "mnist", "cifar10")
 _NEEDS_TENSORFLOW = frozenset({"mnist", "cifar10"})
 
 _FILE_FORMAT = "array_record"
+
+#: Data sets that ``--from FILE`` prepares offline, and the file it takes.
+FROM_FILE = {"cifar10": "cifar-10-python.tar.gz"}
+
+#: For those: (builder class that stores them, reader of the file into the
+#: builder's ``splits``). Where that builder is prepared, it is what the name
+#: reads (``source_name``).
+_FROM_FILE_BUILDERS = {
+    "cifar10": (cifar10_tarball.Cifar10Tarball, cifar10_tarball.read_tarball),
+}
 
 
 def _check_name(name: str) -> None:
@@ -84,6 +101,34 @@ def _prepared_format(builder: tfds.core.DatasetBuilder) -> str | None:
   return tfds.core.FileFormat(builder.info.file_format).value
 
 
+def _from_file_builder(name: str, data_dir: str | None, **kwargs):
+  """The builder that ``prepare(name, tarball=...)`` writes, over ``data_dir``."""
+  with _quiet_absl():
+    return _FROM_FILE_BUILDERS[name][0](data_dir=data_dir, **kwargs)
+
+
+def _prepared_from_file(
+    name: str, data_dir: str | None
+) -> tfds.core.DatasetBuilder | None:
+  """The builder of ``name`` prepared with ``--from`` in ``data_dir``, or None."""
+  if name not in _FROM_FILE_BUILDERS:
+    return None
+  builder = _from_file_builder(name, data_dir)
+  return builder if _prepared_format(builder) == _FILE_FORMAT else None
+
+
+def source_name(name: str, data_dir: str | os.PathLike | None = None) -> str:
+  """The TFDS name to read ``name`` from in ``data_dir`` (what ``jaxpure.data`` opens).
+
+  ``cifar10`` -> ``cifar10_tarball`` where ``prepare cifar10 --from FILE`` prepared it
+  (then it wins over an official ``cifar10`` in the same directory: its test order is
+  the tarball's), else ``cifar10``. Any other name is returned as is. Looks at files
+  only: no download, no TensorFlow.
+  """
+  prepared = _prepared_from_file(name, _normalize_data_dir(data_dir))
+  return prepared.name if prepared is not None else name
+
+
 def _require_tensorflow(name: str) -> None:
   try:
     importlib.import_module("tensorflow")
@@ -99,6 +144,8 @@ def is_prepared(name: str, data_dir: str | os.PathLike | None = None) -> bool:
 
   Downloads nothing and needs no TensorFlow. A data set prepared in another file
   format (e.g. TFRecord by an older ``tfds.load``) counts as not prepared.
+  ``cifar10`` counts as prepared if either ``prepare cifar10`` or
+  ``prepare cifar10 --from FILE`` prepared it.
 
   Args:
     name: one of ``SUPPORTED``.
@@ -112,12 +159,16 @@ def is_prepared(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     ValueError: ``name`` is not in ``SUPPORTED``.
   """
   _check_name(name)
-  builder = _builder(name, _normalize_data_dir(data_dir))
-  return _prepared_format(builder) == _FILE_FORMAT
+  data_dir = _normalize_data_dir(data_dir)
+  if _prepared_from_file(name, data_dir) is not None:
+    return True
+  return _prepared_format(_builder(name, data_dir)) == _FILE_FORMAT
 
 
 def prepare(
-    name: str, data_dir: str | os.PathLike | None = None
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    tarball: str | os.PathLike | None = None,
 ) -> tfds.core.DatasetBuilder:
   """Prepares ``name`` as array_record in ``data_dir`` (a no-op if already there).
 
@@ -125,18 +176,31 @@ def prepare(
     name: one of ``SUPPORTED``.
     data_dir: TFDS data directory; ``None`` or ``""`` for the TFDS default
       (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    tarball: ``cifar10`` only (the CLI's ``--from``): the CIFAR-10 python tarball
+      ``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py`` folder).
+      Prepared offline as ``cifar10_tarball``, records in tarball order.
 
   Returns:
     The prepared builder; ``builder.data_dir`` is where the files are, and
-    ``tfds.data_source(name, split=..., data_dir=data_dir)`` reads them.
+    ``tfds.data_source(source_name(name, data_dir), split=..., data_dir=data_dir)``
+    reads them. Without ``tarball``, a ``cifar10`` prepared from the tarball counts
+    as already there.
 
   Raises:
-    ValueError: ``name`` is not in ``SUPPORTED``.
+    ValueError: ``name`` is not in ``SUPPORTED``, or ``tarball`` is given for a
+      data set other than ``cifar10``.
+    jaxpure.errors.UserInputError: ``tarball`` is missing or not the CIFAR-10
+      python tarball (``cifar10_tarball.Cifar10TarballError``); nothing is written.
     RuntimeError: ``name`` needs TensorFlow to prepare and it is not installed,
       or the data set is already there in a format other than array_record.
   """
   _check_name(name)
   data_dir = _normalize_data_dir(data_dir)
+  if tarball is not None:
+    return _prepare_from_file(name, data_dir, tarball)
+  prepared = _prepared_from_file(name, data_dir)
+  if prepared is not None:
+    return prepared
   # Built first without a file format: asking for array_record over files
   # prepared as TFRecord makes TFDS raise a confusing ValueError.
   builder = _builder(name, data_dir)
@@ -152,6 +216,25 @@ def prepare(
   if name in _NEEDS_TENSORFLOW:
     _require_tensorflow(name)
   builder = _builder(name, data_dir, file_format=_FILE_FORMAT)
+  builder.download_and_prepare()
+  return builder
+
+
+def _prepare_from_file(
+    name: str, data_dir: str | None, path: str | os.PathLike
+) -> tfds.core.DatasetBuilder:
+  """``prepare(name, data_dir, tarball=path)``: reads the whole file before writing."""
+  if name not in _FROM_FILE_BUILDERS:
+    raise ValueError(
+        f"--from is for {', '.join(FROM_FILE)} only, not {name!r}.")
+  cifar10_tarball.require_path(path)
+  prepared = _prepared_from_file(name, data_dir)
+  if prepared is not None:
+    return prepared
+  # Reads and checks the whole file first: a bad file raises before anything is written.
+  splits = _FROM_FILE_BUILDERS[name][1](path)
+  builder = _from_file_builder(
+      name, data_dir, file_format=_FILE_FORMAT, splits=splits)
   builder.download_and_prepare()
   return builder
 
@@ -178,10 +261,21 @@ def main(argv: list[str] | None = None) -> int:
       default=None,
       help="TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
   )
+  parser.add_argument(
+      "--from",
+      dest="tarball",
+      metavar="FILE",
+      default=None,
+      help=(
+          "cifar10 only: prepare offline (no TensorFlow, no network) from the CIFAR-10 "
+          "python tarball cifar-10-python.tar.gz or its extracted cifar-10-batches-py "
+          "folder; records keep the tarball order (test = test_batch)"
+      ),
+  )
   args = parser.parse_args(argv)
   try:
-    builder = prepare(args.name, args.data_dir)
-  except (ValueError, RuntimeError) as e:
+    builder = prepare(args.name, args.data_dir, tarball=args.tarball)
+  except (ValueError, RuntimeError, OSError) as e:
     message = " ".join(str(e).split())  # one line, whatever the message holds
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return 2

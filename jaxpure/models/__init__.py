@@ -8,7 +8,8 @@ downstream.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,12 @@ import jax.numpy as jnp
 
 _MODELS: dict[str, type[nn.Module]] = {}
 
-ScoreFn = Callable[[dict, jax.Array], jax.Array]
+#: Score network heads: "score" (h has the image's shape) or "energy" (h = -grad_x E).
+HEADS = ("score", "energy")
+
+#: h(variables, x, t) -> [B, H, W, C]: a score network's field; t [B] is the noise level or
+#: time the network is conditioned on (ignored by unconditional networks). See `score_function`.
+ScoreFn = Callable[[dict, jax.Array, jax.Array], jax.Array]
 
 
 def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -45,34 +51,63 @@ def create(name: str, **kwargs) -> nn.Module:
   return _MODELS[name](**kwargs)
 
 
+def fields(module: nn.Module) -> dict[str, Any]:
+  """The module's dataclass fields (its architecture), without Flax's ``parent``/``name``."""
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.name not in ("parent", "name")}
+
+
+def get_class(name: str) -> type[nn.Module]:
+  """The Module class registered as ``name``."""
+  if name not in _MODELS:
+    raise ValueError(f"unknown model {name!r}; expected one of {names()}")
+  return _MODELS[name]
+
+
+def field_names(name: str) -> set[str]:
+  """The dataclass field names of the model registered as ``name``."""
+  if name not in _MODELS:
+    raise ValueError(f"unknown model {name!r}; expected one of {names()}")
+  return {f.name for f in dataclasses.fields(_MODELS[name]) if f.name not in ("parent", "name")}
+
+
 def score_function(module: nn.Module) -> ScoreFn:
-  """Returns ``h(variables, x) -> [B, H, W, C]``, the unconditional score field ``h_θ``.
+  """Returns ``h(variables, x, t) -> [B, H, W, C]``, the network's field, one signature for all.
 
-  ``x``: ``[B, H, W, C]`` float in about [0, 1]. The score at noise level σ is ``h(x) / σ``.
-  For ``module.head == "score"`` this is ``module.apply(variables, x)``; for ``"energy"`` the
-  module returns energies ``E(x): [B]`` and ``h = -∇ₓ Σ_b E(x_b)``, a conservative field (each
-  example's gradient depends on that example only, since the energies do).
+  ``x``: ``[B, H, W, C]`` float in the network's input space; ``t``: ``[B]`` float, the noise
+  level or time. What the field means is the module's ``time_input``:
+  - ``"none"`` (NCSNv2): the unconditional ``h_θ(x)``, x in about [0, 1]; t is ignored and the
+    score at noise level σ is ``h(x) / σ`` (DESIGN §1).
+  - ``"vp_time"`` (DDPM++): x in [-1, 1], t in (0, 1] the VP-SDE time (the network is given
+    labels ``999 t``); the field is the network's ε-prediction, the score is ``-h / std(t)``
+    (see ``jaxpure.sde``).
+  A module with ``head == "energy"`` returns energies ``E(x, t): [B]`` and
+  ``h = -∇ₓ Σ_b E(x_b, t_b)``, a conservative field (each example's gradient depends on that
+  example only, since the energies do).
   """
-  head = getattr(module, "head", None)
-  if head == "score":
-
-    def h(variables, x):
-      return module.apply(variables, x)
-
-  elif head == "energy":
-
-    def h(variables, x):
-      return -jax.grad(lambda y: jnp.sum(module.apply(variables, y)))(x)
-
+  time_input = getattr(module, "time_input", "none")
+  if time_input == "none":
+    call = lambda variables, x, t: module.apply(variables, x)  # noqa: E731
+  elif time_input == "vp_time":
+    call = lambda variables, x, t: module.apply(variables, x, 999.0 * t)  # noqa: E731
   else:
-    raise ValueError(
-        f"score_function needs a module with head 'score' or 'energy', got head={head!r} "
-        f"on {type(module).__name__}")
-  return h
+    raise ValueError(f"unknown time_input {time_input!r} on {type(module).__name__}")
+  head = getattr(module, "head", "score")
+  if head == "score":
+    return call
+  if head == "energy":
+
+    def h(variables, x, t):
+      return -jax.grad(lambda y: jnp.sum(call(variables, y, t)))(x)
+    return h
+  raise ValueError(
+      f"score_function needs a module with head 'score' or 'energy', got head={head!r} "
+      f"on {type(module).__name__}")
 
 
 # Imported last so that the submodules can import `register` from this package.
 from jaxpure.models import classifiers as classifiers  # noqa: E402
 from jaxpure.models import ncsnv2 as ncsnv2  # noqa: E402
+from jaxpure.models import ddpmpp as ddpmpp  # noqa: E402
 
-__all__ = ["register", "create", "names", "score_function"]
+__all__ = ["register", "create", "names", "get_class", "fields", "field_names", "score_function"]

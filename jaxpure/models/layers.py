@@ -46,8 +46,15 @@ def conv1x1(features: int, use_bias: bool = True, name: str | None = None) -> nn
 
 
 def mean_pool2x2(x: jax.Array) -> jax.Array:
-  """2x2 mean pooling, stride 2: ``[..., H, W, C] -> [..., H // 2, W // 2, C]``."""
-  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  """2x2 mean pooling, stride 2: ``[..., H, W, C] -> [..., H / 2, W / 2, C]`` (H, W even).
+
+  Summed in the original ``ConvMeanPool``'s order (top-left, bottom-left, top-right,
+  bottom-right) and divided by 4, so float32 results round as PyTorch's do.
+  """
+  if x.shape[-3] % 2 or x.shape[-2] % 2:
+    raise ValueError(f"mean_pool2x2 needs an even height and width, got {x.shape[-3:-1]}")
+  return (x[..., ::2, ::2, :] + x[..., 1::2, ::2, :] + x[..., ::2, 1::2, :]
+          + x[..., 1::2, 1::2, :]) / 4.0
 
 
 def pool_same(x: jax.Array, window: int = 5, kind: str = "max") -> jax.Array:
@@ -110,12 +117,14 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 class InstanceNormPlus(nn.Module):
   """Unconditional InstanceNorm++ (NCSNv2's ``InstanceNorm2dPlus``).
 
-  With per-example, per-channel spatial mean μ_c and variance v_c of x, and m, s² the mean
-  and (biased) variance of the μ_c across channels:
+  With per-example, per-channel spatial mean μ_c and (biased) variance v_c of x, and m, s²
+  the mean and the *unbiased* variance (divisor C - 1, PyTorch's ``torch.var`` default) of
+  the μ_c across the C channels:
   ``h = (x - μ_c) / sqrt(v_c + eps) + α_c (μ_c - m) / sqrt(s² + eps)``,
-  ``out = γ_c h + β_c``; γ, α ~ N(1, 0.02²) at init, β = 0.
-  (The variance across channels is the biased one, so a 1-channel input is defined.)
+  ``out = γ_c h + β_c``; γ, α ~ N(1, 0.02²) at init, β = 0. As in the original, C must be at
+  least 2 (a single channel has no variance across channels: the output would be NaN).
 
+  Parameters: ``alpha``, ``gamma``, ``beta`` [C] (the original's names).
   x: ``[..., H, W, C]``; returns the same shape.
   """
   use_bias: bool = True
@@ -128,7 +137,7 @@ class InstanceNormPlus(nn.Module):
     var = jnp.var(x, axis=(-3, -2), keepdims=True)
     h = (x - mu) / jnp.sqrt(var + self.eps)
     m = jnp.mean(mu, axis=-1, keepdims=True)
-    s2 = jnp.var(mu, axis=-1, keepdims=True)
+    s2 = jnp.var(mu, axis=-1, keepdims=True, ddof=1)
     mu_std = (mu - m) / jnp.sqrt(s2 + self.eps)
     alpha = self.param("alpha", _normal_around_one(), (c,))
     gamma = self.param("gamma", _normal_around_one(), (c,))
@@ -139,14 +148,40 @@ class InstanceNormPlus(nn.Module):
     return out
 
 
-class ResidualBlock(nn.Module):
-  """NCSNv2 residual block: (norm → act → conv) twice, plus a shortcut.
+class ConvMeanPool(nn.Module):
+  """The original's ``ConvMeanPool``: a stride-1 'same' ``kernel x kernel`` convolution
+  (submodule ``conv``, with bias), then 2x2 mean pooling (H, W halve; H, W even).
 
-  ``resample=None``: same resolution; the shortcut is the identity when the channel count
-  is unchanged, else a 1x1 conv (a dilated 3x3 conv when ``dilation > 1``).
-  ``resample="down"`` without dilation: conv3x3, then conv3x3 + 2x2 mean pool (H, W halve);
-  shortcut conv1x1 + mean pool. With ``dilation > 1``: dilated convs, resolution kept;
-  shortcut a dilated conv3x3.
+  x: ``[..., H, W, Cin]``; returns ``[..., H / 2, W / 2, features]``.
+  """
+  features: int
+  kernel: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kernel == 3:
+      conv = conv3x3(self.features, name="conv")
+    elif self.kernel == 1:
+      conv = conv1x1(self.features, name="conv")
+    else:
+      raise ValueError(f"kernel must be 1 or 3, got {self.kernel}")
+    return mean_pool2x2(conv(x))
+
+
+class ResidualBlock(nn.Module):
+  """NCSNv2 residual block (the original's unconditional ``ResidualBlock``):
+  ``shortcut(x) + conv2(act(normalize2(conv1(act(normalize1(x))))))``.
+
+  ``dilation=1`` is the original's ``dilation=None``; ``dilation > 1`` makes every 3x3 conv
+  dilated (padding = dilation).
+  - ``resample=None``: conv1 maps to ``features``; the shortcut is the identity when the
+    channel count is unchanged, else a 1x1 conv (a dilated 3x3 conv when ``dilation > 1``).
+  - ``resample="down"`` without dilation: conv1 keeps the channels, conv2 is a
+    :class:`ConvMeanPool` (3x3) to ``features``, the shortcut a 1x1 ConvMeanPool (H, W halve).
+  - ``resample="down"`` with ``dilation > 1``: *no* downsampling: conv1 keeps the channels,
+    conv2 and the shortcut are dilated 3x3 convs to ``features``.
+  Every conv has a bias. Submodules: ``normalize1``, ``conv1``, ``normalize2``, ``conv2``,
+  ``shortcut`` (the original's names).
 
   x: ``[..., H, W, Cin]``; returns ``[..., H', W', features]``.
   """
@@ -161,33 +196,34 @@ class ResidualBlock(nn.Module):
       raise ValueError(f"resample must be None or 'down', got {self.resample!r}")
     if self.dilation < 1:
       raise ValueError(f"dilation must be >= 1, got {self.dilation}")
-    in_dim = x.shape[-1]
-    d = self.dilation
-    h = self.act(InstanceNormPlus(name="norm1")(x))
+    in_dim, d = x.shape[-1], self.dilation
+    h = self.act(InstanceNormPlus(name="normalize1")(x))
     if self.resample == "down":
       h = conv3x3(in_dim, dilation=d, name="conv1")(h)
-      h = self.act(InstanceNormPlus(name="norm2")(h))
+      h = self.act(InstanceNormPlus(name="normalize2")(h))
       if d > 1:
         h = conv3x3(self.features, dilation=d, name="conv2")(h)
         shortcut = conv3x3(self.features, dilation=d, name="shortcut")(x)
       else:
-        h = mean_pool2x2(conv3x3(self.features, name="conv2")(h))
-        shortcut = mean_pool2x2(conv1x1(self.features, name="shortcut")(x))
+        h = ConvMeanPool(self.features, 3, name="conv2")(h)
+        shortcut = ConvMeanPool(self.features, 1, name="shortcut")(x)
+      return shortcut + h
+    h = conv3x3(self.features, dilation=d, name="conv1")(h)
+    h = self.act(InstanceNormPlus(name="normalize2")(h))
+    h = conv3x3(self.features, dilation=d, name="conv2")(h)
+    if in_dim == self.features:
+      shortcut = x
+    elif d > 1:
+      shortcut = conv3x3(self.features, dilation=d, name="shortcut")(x)
     else:
-      h = conv3x3(self.features, dilation=d, name="conv1")(h)
-      h = self.act(InstanceNormPlus(name="norm2")(h))
-      h = conv3x3(self.features, dilation=d, name="conv2")(h)
-      if in_dim == self.features:
-        shortcut = x
-      elif d > 1:
-        shortcut = conv3x3(self.features, dilation=d, name="shortcut")(x)
-      else:
-        shortcut = conv1x1(self.features, name="shortcut")(x)
+      shortcut = conv1x1(self.features, name="shortcut")(x)
     return shortcut + h
 
 
-class RCU(nn.Module):
-  """Residual conv unit: ``n_blocks`` times ``x + (act → conv3x3)^n_stages (x)``, no bias.
+class RCUBlock(nn.Module):
+  """Residual conv unit: ``n_blocks`` times ``x = x + (act → conv3x3)^n_stages (x)``; the
+  convs have no bias and are named ``"{i}_{j}_conv"`` (block i, stage j, from 1), as in the
+  original.
 
   x: ``[..., H, W, C]``; returns the same shape.
   """
@@ -198,17 +234,18 @@ class RCU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    for i in range(self.n_blocks):
+    for i in range(1, self.n_blocks + 1):
       residual = x
-      for j in range(self.n_stages):
-        x = conv3x3(c, use_bias=False, name=f"conv_{i}_{j}")(self.act(x))
+      for j in range(1, self.n_stages + 1):
+        x = conv3x3(c, use_bias=False, name=f"{i}_{j}_conv")(self.act(x))
       x = x + residual
     return x
 
 
-class CRP(nn.Module):
-  """Chained residual pooling: ``x = act(x)``; ``p = x``; repeat ``p = conv(pool5x5(p))``,
-  ``x = x + p``. The pool is max (``pool="max"``) or mean, 5x5 stride 1 'same'.
+class CRPBlock(nn.Module):
+  """Chained residual pooling: ``x = act(x)``; ``p = x``; ``n_stages`` times
+  ``p = conv3x3(pool5x5(p))``, ``x = x + p``. The pool is max (``pool="max"``, the original's
+  ``maxpool=True``) or mean, 5x5 stride 1 'same'; convs ``convs_{i}`` without bias.
 
   x: ``[..., H, W, C]``; returns the same shape.
   """
@@ -225,33 +262,36 @@ class CRP(nn.Module):
     path = x
     for i in range(self.n_stages):
       path = pool_same(path, 5, self.pool)
-      path = conv3x3(c, use_bias=False, name=f"conv_{i}")(path)
+      path = conv3x3(c, use_bias=False, name=f"convs_{i}")(path)
       x = x + path
     return x
 
 
-class MSF(nn.Module):
-  """Multi-resolution fusion: conv3x3 each input to ``features`` channels, upsample each
-  (bilinear, aligned corners) to the largest input resolution, and sum.
+class MSFBlock(nn.Module):
+  """Multi-resolution fusion: conv3x3 (with bias, ``convs_{i}``) each input to ``features``
+  channels, resize each (bilinear, aligned corners) to the first input's resolution, and sum.
 
-  xs: sequence of ``[..., H_i, W_i, C_i]``; returns ``[..., max H_i, max W_i, features]``.
+  xs: sequence of ``[..., H_i, W_i, C_i]``; returns ``[..., H_0, W_0, features]``.
   """
   features: int
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
-    size = (max(x.shape[-3] for x in xs), max(x.shape[-2] for x in xs))
+    size = (xs[0].shape[-3], xs[0].shape[-2])
     out = 0.0
     for i, x in enumerate(xs):
-      out = out + resize_bilinear(conv3x3(self.features, name=f"conv_{i}")(x), size)
+      out = out + resize_bilinear(conv3x3(self.features, name=f"convs_{i}")(x), size)
     return out
 
 
 class RefineBlock(nn.Module):
-  """RefineNet block: RCU(2 blocks) on each input → MSF (when several inputs, or a channel
-  change) → CRP → RCU (3 blocks if ``end`` else 1).
+  """RefineNet block: an RCU (2 blocks) on each input (``adapt_convs_{i}``) → MSF (``msf``,
+  only with several inputs) → CRP (``crp``) → RCU (``output_convs``, 3 blocks if ``end``
+  else 1).
 
-  xs: sequence of ``[..., H_i, W_i, C_i]``; returns ``[..., max H_i, max W_i, features]``.
+  xs: sequence of ``[..., H_i, W_i, C_i]``, the first the skip connection whose resolution
+  the output takes; a single input must have ``features`` channels (the original's
+  ``start=True`` block). Returns ``[..., H_0, W_0, features]``.
   """
   features: int
   end: bool = False
@@ -260,10 +300,13 @@ class RefineBlock(nn.Module):
 
   @nn.compact
   def __call__(self, xs: Sequence[jax.Array]) -> jax.Array:
-    hs = [RCU(2, 2, act=self.act, name=f"adapt_{i}")(x) for i, x in enumerate(xs)]
-    if len(hs) > 1 or hs[0].shape[-1] != self.features:
-      h = MSF(self.features, name="msf")(hs)
-    else:
+    hs = [RCUBlock(2, 2, act=self.act, name=f"adapt_convs_{i}")(x) for i, x in enumerate(xs)]
+    if len(hs) > 1:
+      h = MSFBlock(self.features, name="msf")(hs)
+    elif hs[0].shape[-1] == self.features:
       h = hs[0]
-    h = CRP(2, pool=self.pool, act=self.act, name="crp")(h)
-    return RCU(3 if self.end else 1, 2, act=self.act, name="output")(h)
+    else:
+      raise ValueError(f"a RefineBlock with one input needs {self.features} channels, "
+                       f"got {hs[0].shape[-1]}")
+    h = CRPBlock(2, pool=self.pool, act=self.act, name="crp")(h)
+    return RCUBlock(3 if self.end else 1, 2, act=self.act, name="output_convs")(h)

@@ -1,4 +1,4 @@
-"""Accuracy and denoising loops over sharded test batches.
+"""Metrics over sharded test batches: classifier accuracy, denoising PSNR.
 
 Batches come from `data.eval_batches`: {"image": [B, H, W, C] in [0, 1], "label": [B],
 "mask": [B] bool} with padded examples masked out.
@@ -6,6 +6,8 @@ Batches come from `data.eval_batches`: {"image": [B, H, W, C] in [0, 1], "label"
 
 import jax
 import jax.numpy as jnp
+
+from jaxpure import sampling
 
 
 def psnr_db(x: jax.Array, reference: jax.Array) -> jax.Array:
@@ -29,11 +31,6 @@ def classifier_accuracy(logits_fn, variables, batches) -> float:
   return hits / max(total, 1)
 
 
-def tweedie_denoise(h, params, x_noisy: jax.Array, sigma: float) -> jax.Array:
-  """One-step (Tweedie) denoising x~ + sigma^2 s(x~, sigma) = x~ + sigma h(x~); not clipped."""
-  return x_noisy + sigma * h(params, x_noisy)
-
-
 def denoising_psnr(h, params, batches, key: jax.Array, sigma: float) -> dict[str, float]:
   """Mean PSNR of x~ = x + sigma z and of its Tweedie denoising, and their difference (dB).
 
@@ -44,7 +41,7 @@ def denoising_psnr(h, params, batches, key: jax.Array, sigma: float) -> dict[str
   def sums(params, batch, key):
     x = batch["image"]
     noisy = x + sigma * jax.random.normal(key, x.shape)
-    denoised = tweedie_denoise(h, params, noisy, sigma)
+    denoised = sampling.tweedie_denoise(h, params, noisy, sigma)
     m = batch["mask"]
     return (jnp.sum(jnp.where(m, psnr_db(noisy, x), 0.0)),
             jnp.sum(jnp.where(m, psnr_db(denoised, x), 0.0)), jnp.sum(m))
@@ -57,34 +54,3 @@ def denoising_psnr(h, params, batches, key: jax.Array, sigma: float) -> dict[str
   noisy, denoised = noisy_sum / count, den_sum / count
   return {"sigma": sigma, "noisy_psnr_db": noisy, "denoised_psnr_db": denoised,
           "denoise_psnr_gain_db": denoised - noisy}
-
-
-def defense_batch_stats(h, logits_fn, settings):
-  """Builds `stats(score_params, clf_variables, batch, key)` for one evaluation batch.
-
-  batch: {"image": [B, H, W, C] in [0, 1], "label": [B], "index": [B] global example
-  indices (their keys are fold_in(key, index))}. Returns per-example correctness (bool,
-  last axis B): "clean" (bare classifier), each ensemble read-out of the purified images,
-  "single_restart", "by_step" [T + 1, B] (mean-softmax ensemble after each step; step 0 is
-  the noise-only ablation), and the step sizes "alpha" and "active" masks [R, T, B].
-  """
-  from jaxpure import purify as purify_lib
-
-  def stats(score_params, clf_variables, batch, key):
-    x, y = batch["image"], batch["label"]
-    keys = purify_lib.example_keys(key, batch["index"])
-    _, trace = purify_lib.purify(h, score_params, x, keys, settings, return_trace=True)
-    iterates = jnp.swapaxes(trace["iterates"], 0, 1)  # [T + 1, R, B, H, W, C]
-    r, b = iterates.shape[1:3]
-    logits = jax.lax.map(
-        lambda xs: logits_fn(clf_variables, xs.reshape((r * b,) + xs.shape[2:])).reshape(r, b, -1),
-        iterates)  # [T + 1, R, B, K]
-    out = {"clean": jnp.argmax(logits_fn(clf_variables, x), -1) == y,
-           "single_restart": jnp.argmax(logits[-1, 0], -1) == y,
-           "by_step": jax.vmap(lambda l: purify_lib.ensemble(l)["mean_softmax"] == y)(logits),
-           "alpha": trace["alpha"], "active": trace["active"]}
-    for name, pred in purify_lib.ensemble(logits[-1]).items():
-      out[name] = pred == y
-    return out
-
-  return stats

@@ -1,0 +1,98 @@
+"""Checks a config against configs/default.py: known keys, their types and ranges; the
+purifier family and its settings. Raises ConfigError (one line for users)."""
+
+import difflib
+
+import ml_collections
+
+from jaxpure import models, purifiers
+from jaxpure.errors import ConfigError
+
+
+def check_config(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for keys `reference` lacks, wrong types, or out-of-range values.
+
+  Sections of purifier families that `reference` does not know (config.purifiers.<name>) are
+  checked against the family's Settings instead.
+  """
+  given, expected = config.to_dict(), reference.to_dict()
+  for name in given.get("purifiers", {}):
+    expected.setdefault("purifiers", {}).setdefault(name, given["purifiers"][name])
+  _check_keys(given, expected, "config")
+  s, c, d = config.score, config.classifier, config.data
+  if s.head not in models.HEADS:
+    raise ConfigError(f"config.score.head={s.head!r}; expected one of {models.HEADS}")
+  if s.model not in models.names() or c.model not in models.names():
+    raise ConfigError(f"config.score.model={s.model!r}, config.classifier.model={c.model!r}; "
+                      f"expected names from {models.names()}")
+  if not 0 < s.sigma_min <= s.sigma_max or s.num_sigmas < 1:
+    raise ConfigError(f"need 0 < sigma_min <= sigma_max and num_sigmas >= 1; got "
+                      f"{s.sigma_min}, {s.sigma_max}, {s.num_sigmas}")
+  for name, section in (("score", s), ("classifier", c)):
+    for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+      if section[key] < 1:
+        raise ConfigError(f"config.{name}.{key}={section[key]}; expected >= 1")
+    if section.num_steps < 0:
+      raise ConfigError(f"config.{name}.num_steps={section.num_steps}; expected >= 0")
+    if not section.lr > 0:
+      raise ConfigError(f"config.{name}.lr={section.lr}; expected > 0")
+    if not 0 <= section.ema_rate < 1:
+      raise ConfigError(f"config.{name}.ema_rate={section.ema_rate}; expected in [0, 1)")
+  check_defense(config)
+  if c.optimizer not in ("adam", "sgd"):
+    raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected 'adam' or 'sgd'")
+  if d.image_size < 1 or d.channels not in (1, 3) or d.num_classes < 2:
+    raise ConfigError(f"config.data: image_size={d.image_size}, channels={d.channels}, "
+                      f"num_classes={d.num_classes}; expected >= 1, 1 or 3, >= 2")
+
+
+def check_defense(config):
+  """The purifier family named by config.defense.purifier exists, its section's values make
+  valid Settings, and the score network gives the field it needs; returns the Settings."""
+  name = config.defense.purifier
+  family = purifiers.get(name)
+  if name not in config.purifiers:
+    raise ConfigError(f"config.defense.purifier={name!r} but config.purifiers has no {name!r} "
+                      f"section; add config.purifiers.{name} with keys from its Settings")
+  settings = purifiers.make_settings(name, config.purifiers[name].to_dict())
+  if config.defense.restarts < 1:
+    raise ConfigError(f"config.defense.restarts={config.defense.restarts}; expected >= 1")
+  time_input = getattr(models.get_class(config.score.model), "time_input", "none")
+  if family.TIME_INPUT != time_input:
+    raise ConfigError(f"purifier {name!r} needs a score network with time input "
+                      f"{family.TIME_INPUT!r}; config.score.model={config.score.model!r} has "
+                      f"{time_input!r}")
+  for key in ("beta_min", "beta_max"):  # a diffusion purifier must use the network's SDE
+    if hasattr(settings, key) and getattr(settings, key) != config.sde[key]:
+      raise ConfigError(f"config.purifiers.{name}.{key}={getattr(settings, key)} differs from "
+                        f"config.sde.{key}={config.sde[key]}, the SDE the network was trained on")
+  return settings
+
+
+def _unknown_key(key: str, expected: dict, where: str) -> ConfigError:
+  close = difflib.get_close_matches(key, list(expected), n=1, cutoff=0.5)
+  hint = f"; did you mean {where}.{close[0]}?" if close else ""
+  return ConfigError(f"unknown config key {where}.{key}{hint} (known keys: {sorted(expected)}; "
+                     "evaluate.py/train.py --show_config lists them with their values)")
+
+
+def _check_keys(given: dict, expected: dict, where: str) -> None:
+  for key, value in given.items():
+    if key not in expected:
+      raise _unknown_key(key, expected, where)
+    ref = expected[key]
+    if isinstance(ref, dict):
+      if not isinstance(value, dict):
+        raise ConfigError(f"{where}.{key} must be a section, got {value!r}")
+      _check_keys(value, ref, f"{where}.{key}")
+    elif ref is not None and not _same_kind(value, ref):
+      raise ConfigError(f"{where}.{key}={value!r} has type {type(value).__name__}; "
+                        f"expected {type(ref).__name__}")
+
+
+def _same_kind(value, ref) -> bool:
+  if isinstance(ref, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(ref, bool)
+  if isinstance(ref, float):
+    return isinstance(value, (int, float))
+  return isinstance(value, type(ref))

@@ -1,0 +1,110 @@
+"""The defense: a purifier family + a classifier + an ensemble read-out. The one definition,
+used by the attacks, by evaluation and by the pictures.
+
+Pixels in [0, 1]. Parameters are passed separately as {"score": score network variables,
+"classifier": classifier variables}, so one jitted function serves any weights. Every example
+has its own key, and restart (or EOT sample) r of example b draws from
+`restart_keys(keys, n)[r, b]`: examples never interact.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure.purifiers import common
+
+READOUTS = ("mean_softmax", "mean_logits", "majority_vote")
+
+
+def ensemble(logits: jax.Array) -> dict[str, jax.Array]:
+  """Predictions [B] from logits [R, B, K] of R purified copies, by three read-outs:
+  mean_softmax (argmax of the mean softmax; the default), mean_logits, majority_vote
+  (ties go to the lowest class)."""
+  k = logits.shape[-1]
+  votes = jnp.sum(jax.nn.one_hot(jnp.argmax(logits, -1), k), axis=0)
+  return {"mean_softmax": jnp.argmax(jnp.mean(jax.nn.softmax(logits, -1), 0), -1),
+          "mean_logits": jnp.argmax(jnp.mean(logits, 0), -1),
+          "majority_vote": jnp.argmax(votes, -1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Defense:
+  """score_fn(score_variables, x, t): the network field (`models.score_function`);
+  logits_fn(clf_variables, x) -> [B, K]; family: the purifier family (`jaxpure.purifiers`);
+  settings: its Settings; restarts: R, the purifications the defense averages when it
+  classifies (attacks draw their own number of EOT samples)."""
+  score_fn: Callable
+  logits_fn: Callable
+  family: object
+  settings: object
+  restarts: int = 10
+
+  def __post_init__(self):
+    if self.restarts < 1:
+      from jaxpure.errors import ConfigError
+      raise ConfigError(f"restarts={self.restarts} (expected >= 1)")
+
+  def purify(self, params, x, keys, n: int):
+    """n purifications of x [B, H, W, C] from per-example keys [B]:
+    ([n, B, H, W, C] in [0, 1], the family's trace with a leading n axis)."""
+    keys = common.per_example_keys(keys, x.shape[0])
+    return self.purify_with_restart_keys(params, x, common.restart_keys(keys, n))
+
+  def purify_with_restart_keys(self, params, x, restart_keys):
+    """Purifications of x [B, ...] from explicit restart keys [n, B] (see `purify`)."""
+    return self.family.purify(self.score_fn, params["score"], x, restart_keys, self.settings)
+
+  def make_purifier(self, n: int, mesh=None):
+    """Jitted `purifier(params, x, keys) -> [n, B, H, W, C]`, compiled once per input shape.
+
+    With a mesh, x and keys are sharded over `data` on the batch axis and the result on its
+    batch axis (axis 1)."""
+    fn = lambda params, x, keys: self.purified(params, x, keys, n)  # noqa: E731
+    if mesh is None:
+      return jax.jit(fn)
+    from jax.sharding import NamedSharding, PartitionSpec
+    from jaxpure import parallel
+    data, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(fn, in_shardings=(rep, data, data),
+                   out_shardings=NamedSharding(mesh, PartitionSpec(None, parallel.DATA_AXIS)))
+
+  def purified(self, params, x, keys, n: int):
+    """n purifications of x: [n, B, H, W, C] in [0, 1]."""
+    return self.purify(params, x, keys, n)[0]
+
+  def classify(self, params, xs):
+    """Logits of images xs [..., B, H, W, C] -> [..., B, K]."""
+    lead = xs.shape[:-3]
+    out = self.logits_fn(params["classifier"], xs.reshape((-1,) + xs.shape[-3:]))
+    return out.reshape(lead + out.shape[-1:])
+
+  def logits(self, params, x, keys, n: int):
+    """Logits of n purified copies, [n, B, K]."""
+    return self.classify(params, self.purified(params, x, keys, n))
+
+  def predict(self, params, x, keys) -> dict[str, jax.Array]:
+    """The defense's predictions [B] by each read-out, over `restarts` purifications."""
+    return ensemble(self.logits(params, x, keys, self.restarts))
+
+  def batch_statistics(self, params, x, y, keys) -> dict[str, jax.Array]:
+    """Per-example results on a batch x [B, H, W, C], labels y [B], keys [B].
+
+    Returns bool arrays with a last axis B: "clean" (bare classifier), each read-out of
+    READOUTS, "single_restart", "by_step" [T + 1, B] (mean-softmax ensemble after each step;
+    step 0 is the noise-only ablation); and the trace's "step_mask" [R, T, B] and
+    "scalar_<name>" [R, T, B] for each of the family's step scalars.
+    """
+    _, trace = self.purify(params, x, keys, self.restarts)
+    iterates = jnp.swapaxes(trace["iterates"], 0, 1)  # [T + 1, R, B, H, W, C]
+    logits = jax.lax.map(lambda xs: self.classify(params, xs), iterates)  # [T + 1, R, B, K]
+    out = {"clean": jnp.argmax(self.classify(params, x), -1) == y,
+           "single_restart": jnp.argmax(logits[-1, 0], -1) == y,
+           "by_step": jax.vmap(lambda l: ensemble(l)["mean_softmax"] == y)(logits),
+           "step_mask": trace["step_mask"]}
+    for name, value in trace["step_scalars"].items():
+      out[f"scalar_{name}"] = value
+    for name, pred in ensemble(logits[-1]).items():
+      out[name] = pred == y
+    return out

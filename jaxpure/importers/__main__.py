@@ -1,0 +1,162 @@
+"""Imports a PyTorch checkpoint into a jaxpure working directory, for evaluate.py.
+
+  python -m jaxpure.importers ncsnv2 CHECKPOINT.pth --workdir W [--weights raw|ema]
+      [--image_size 32] [--ngf N]
+  python -m jaxpure.importers robustbench_wrn CHECKPOINT.pt --workdir W [--depth 28]
+      [--widen 10] [--num_classes 10]
+  python -m jaxpure.importers ddpmpp CHECKPOINT.pth --workdir W [--weights ema|model]
+      [--nf 128 --num_res_blocks 8 --ch_mult 1,2,2,2 --attn_resolutions 16 --image_size 32]
+  (any kind: [--overwrite])
+
+Writes a parameters-only checkpoint W/checkpoints/<score|classifier>/0 (its variables and the
+metadata: the model identity plus a "source" entry with the file, its SHA-256, the importer,
+the weights taken and the architecture). Architecture arguments left out are inferred from the
+file. The file is read, converted and checked completely before anything is written: on any
+problem (missing file, unknown layout, missing/unexpected key, wrong shape, torch not
+installed) the command prints one line ``error: ...`` on stderr, exits with status 2 and leaves
+the working directory untouched. An existing checkpoint folder is replaced only with
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from jaxpure.cli import fail
+from jaxpure.errors import UserInputError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(t) for t in text.split(",") if t.strip())
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+#: CLI flag -> (architecture argument, type, help). Each importer accepts those named in its
+#: ARCHITECTURE; a flag another kind takes is an error.
+ARCHITECTURE_FLAGS = {
+    "ngf": ("ngf", int, "ncsnv2: base width (inferred)"),
+    "channels": ("channels", int, "ncsnv2, ddpmpp: image channels (inferred)"),
+    "image_size": ("image_size", int, "ncsnv2, ddpmpp: image height = width (default 32)"),
+    "depth": ("depth", int, "robustbench_wrn: depth 6n + 4 (inferred)"),
+    "widen": ("widen_factor", int, "robustbench_wrn: widen factor (inferred)"),
+    "num_classes": ("num_classes", int, "robustbench_wrn: number of classes (inferred)"),
+    "nf": ("nf", int, "ddpmpp: base width (inferred)"),
+    "num_res_blocks": ("num_res_blocks", int, "ddpmpp: residual blocks per resolution"),
+    "ch_mult": ("ch_mult", _ints, "ddpmpp: channel multipliers, e.g. 1,2,2,2"),
+    "attn_resolutions": ("attn_resolutions", _ints, "ddpmpp: attention resolutions, e.g. 16"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a bad command line in one line (exit 2)."""
+
+  def error(self, message):
+    fail(" ".join(message.split()))
+
+
+def _parser() -> argparse.ArgumentParser:
+  from jaxpure import importers  # pylint: disable=import-outside-toplevel
+  p = _Parser(prog="python -m jaxpure.importers",
+              description="Import a PyTorch checkpoint into a jaxpure working directory.")
+  p.add_argument("kind", help=f"checkpoint kind: one of {importers.kinds()}")
+  p.add_argument("checkpoint", help="the PyTorch checkpoint file")
+  p.add_argument("--workdir", required=True,
+                 help="working directory; writes checkpoints/<score|classifier>/0 in it")
+  p.add_argument("--weights", default=None,
+                 help="which weights to take: ncsnv2 raw (default) | ema; ddpmpp ema (default) "
+                      "| model; robustbench_wrn model")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing checkpoint folder of the same kind")
+  for flag, (dest, kind, help_text) in ARCHITECTURE_FLAGS.items():
+    p.add_argument(f"--{flag}", dest=dest, type=kind, default=None, help=help_text)
+  return p
+
+
+def _architecture(args, accepted) -> dict:
+  arch = {}
+  for flag, (dest, _, _) in ARCHITECTURE_FLAGS.items():
+    value = getattr(args, dest)
+    if value is None:
+      continue
+    if dest not in accepted:
+      raise UserInputError(f"--{flag} does not apply to {args.kind} checkpoints")
+    arch[dest] = value
+  return arch
+
+
+def _prepare_target(workdir: str, checkpoint_kind: str, overwrite: bool) -> str:
+  """The model folder W/checkpoints/<kind>; checks it may be written (writes nothing)."""
+  from jaxpure import checkpoint  # pylint: disable=import-outside-toplevel
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserInputError(f"--workdir {workdir} exists and is not a directory")
+  target = os.path.join(workdir, "checkpoints", checkpoint_kind)
+  if os.path.exists(target) and not os.path.isdir(target):
+    raise UserInputError(f"{target} exists and is not a directory")
+  if os.path.isdir(target) and os.listdir(target) and not overwrite:
+    steps = checkpoint.checkpoint_steps(target)
+    what = f"a checkpoint (steps {steps})" if steps else "files"
+    raise UserInputError(f"{target} already holds {what}; pass --overwrite to replace it")
+  return target
+
+
+def _write(target: str, imported) -> str:
+  """Writes the checkpoint into a fresh folder beside ``target`` and moves it into place, so
+  that a failure leaves no partial checkpoint; returns the step folder."""
+  from jaxpure import checkpoint  # pylint: disable=import-outside-toplevel
+  parent = os.path.dirname(target)
+  created = [d for d in (os.path.dirname(parent), parent) if not os.path.isdir(d)]
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.import-", dir=parent)
+  old = None
+  try:
+    checkpoint.save_variables(tmp, imported.variables, imported.metadata(), step=0)
+    if os.path.isdir(target):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+      os.rename(target, os.path.join(old, "replaced"))
+    os.rename(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None and not os.path.exists(target):
+      os.rename(os.path.join(old, "replaced"), target)
+      shutil.rmtree(old, ignore_errors=True)
+    for d in reversed(created):
+      if os.path.isdir(d) and not os.listdir(d):
+        os.rmdir(d)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+  return os.path.join(target, "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs the CLI on ``argv`` (default sys.argv[1:]); exits 2 with one line on bad input."""
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  from jaxpure import importers  # pylint: disable=import-outside-toplevel
+  try:
+    mod = importers.importer(args.kind)
+    arch = _architecture(args, mod.ARCHITECTURE)
+    workdir = os.path.abspath(args.workdir)
+    target = _prepare_target(workdir, mod.KIND, args.overwrite)
+    imported = importers.load(args.kind, args.checkpoint, args.weights, **arch)
+  except (UserInputError, FileNotFoundError) as e:
+    fail(" ".join(str(e).split()))
+  try:
+    where = _write(target, imported)
+  except OSError as e:
+    fail(f"cannot write the checkpoint into {target}: {' '.join(str(e).split())}")
+  arch_text = ", ".join(f"{k}={v}" for k, v in imported.architecture.items())
+  print(f"imported {args.kind} ({arch_text}; {imported.weights} weights) from "
+        f"{imported.source['file']} (sha256 {imported.source['sha256'][:16]}...) into {where}")
+  print(f"model {imported.model!r} with fields {imported.metadata()['fields']}, "
+        f"image shape {list(imported.image_shape)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

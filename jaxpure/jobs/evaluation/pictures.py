@@ -1,0 +1,52 @@
+"""The evaluation's pictures: purification.png, steps.png, adversarial.png, eps_sweep.png."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure import data, images, plots
+from jaxpure.defense import Defense
+from jaxpure.purifiers.common import example_keys
+
+
+def write_all(out_dir: str, config, defense: Defense, params, test_split, key, report,
+              step_values: dict, step_mask, attacked: dict) -> None:
+  """step_values: {scalar name: [R, T, n]}; step_mask [R, T, n]; attacked: {attack: results
+  with "x_adv" of the first examples}."""
+  k = min(config.eval.grid_examples, len(test_split))
+  x, _ = data.read_all(test_split, k)
+  keys = example_keys(key, jnp.arange(k))
+  restarts = min(config.eval.grid_restarts, defense.restarts)
+  purify = jax.jit(lambda p, x, keys: defense.purify(p, x, keys, defense.restarts)[1]["iterates"])
+  iterates = purify(params, jnp.asarray(x), keys)  # [R, T + 1, k, ...]
+  rows, labels = [x], ["clean"]
+  for r in range(restarts):
+    rows += [iterates[r, 0], iterates[r, -1]]
+    labels += [f"noised, restart {r + 1}", f"purified, restart {r + 1}"]
+  images.save_grid(os.path.join(out_dir, "purification.png"), rows, row_labels=labels,
+                   title=f"{defense.family.NAME} purification of test images "
+                         f"({restarts} of {defense.restarts} restarts)")
+  steps = step_mask.shape[1]
+  name, values = next(iter(step_values.items()), (None, None))
+  plots.plot_purification_steps(
+      os.path.join(out_dir, "steps.png"), report["accuracy_by_step"],
+      [values[:, t][step_mask[:, t]] for t in range(steps)] if name else [],
+      [float(step_mask[:, t].mean()) for t in range(steps)], report["clean_accuracy"],
+      scalar_name=name)
+  shown = {n: r for n, r in attacked.items() if n in report["attacks"]}
+  if attacked:
+    m = min(config.attack.grid_examples, k)
+    xa, _ = data.read_all(test_split, m)
+    rows, labels = [xa], ["clean"]
+    for name, r in shown.items():
+      x_adv = jnp.asarray(r["x_adv"][:m])
+      rows += [x_adv, purify(params, x_adv, keys[:m])[0, -1]]
+      labels += [f"{name} adversarial", f"{name} purified"]
+    settings = report["settings"]
+    images.save_grid(os.path.join(out_dir, "adversarial.png"), rows, row_labels=labels,
+                     title=f"attacks at eps {settings['eps']:.3g} ({settings['norm']}); "
+                           "purified: restart 1")
+    plots.plot_eps_sweep(os.path.join(out_dir, "eps_sweep.png"), report["eps_sweep"],
+                         report["robust_accuracy"], report["settings"]["eps"],
+                         report["undefended_robust_accuracy"])

@@ -1,0 +1,110 @@
+"""The evaluation report: accuracies with standard errors, per-step statistics, the suspect
+checks, and where it is written (EVAL/report.json, the latest, and EVAL/reports/<hash>.json,
+one per evaluation settings, never overwritten by an evaluation of other settings)."""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from jaxpure import attacks as attacks_lib
+
+
+def standard_error(p: float, n: int) -> float:
+  return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def run_scores(runs: np.ndarray) -> dict:
+  """Scores of one attack's points over N independent runs of the defense, runs [N, n] bool:
+  the mean accuracy over runs (the headline; N = 1 is the single scoring), the worst case
+  (an example counts as robust only if every run is right: an attacker may resubmit) and the
+  majority vote over runs (ties count as wrong), each with its standard error over examples."""
+  n_runs, n = runs.shape
+  per_example = runs.mean(0)
+  out = {}
+  for name, values in (("mean", per_example), ("all_runs", runs.all(0).astype(float)),
+                       ("majority_vote", (per_example > 0.5).astype(float))):
+    p = float(values.mean())
+    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    out[name] = {"accuracy": p, "standard_error": se}
+  out["runs"] = n_runs
+  return out
+
+
+def worst_case(runs_by_attack: dict) -> dict:
+  """AutoAttack's union: per example and run, robust only if the defense is right at every
+  attack's point; runs_by_attack {attack: [N, n] bool}. Returns the accuracy (mean over runs
+  and examples), its standard error over examples, and per attack how many examples it broke
+  (in a majority of runs) and how many only it broke."""
+  if not runs_by_attack:
+    return {"accuracy": None, "standard_error": None, "broken_by": {}, "broken_only_by": {}}
+  stacked = np.stack(list(runs_by_attack.values()))  # [A, N, n]
+  union = stacked.all(0)  # [N, n]
+  per_example = union.mean(0)
+  n = per_example.shape[0]
+  broken = stacked.mean(1) < 0.5  # [A, n]: the attack's point is wrong in most runs
+  names = list(runs_by_attack)
+  return {"accuracy": float(per_example.mean()),
+          "standard_error": float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+          "broken_by": {a: int(broken[i].sum()) for i, a in enumerate(names)},
+          "broken_only_by": {a: int((broken[i] & (broken.sum(0) == 1)).sum())
+                             for i, a in enumerate(names)}}
+
+
+def step_scalar_summary(values: np.ndarray, mask: np.ndarray) -> list[dict]:
+  """Per step t: the fraction of examples that took it and quantiles of a step scalar over
+  those examples. values, mask: [R, T, n]."""
+  rows = []
+  for t in range(values.shape[1]):
+    a = values[:, t][mask[:, t]]
+    q = np.percentile(a, [25, 50, 75]).tolist() if a.size else [None] * 3
+    rows.append({"step": t + 1, "active_fraction": float(mask[:, t].mean()),
+                 "q25": q[0], "median": q[1], "q75": q[2],
+                 "mean": float(a.mean()) if a.size else None})
+  return rows
+
+
+def suspect_reasons(report: dict, sweep_attack: str) -> list[str]:
+  """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, or an attack
+  beating the exact-gradient ones by more than one standard error."""
+  reasons = []
+  rows = report["eps_sweep"].get(sweep_attack)
+  if rows and rows[-1]["defended_accuracy"] > 0.10:
+    reasons.append(f"{sweep_attack} leaves {rows[-1]['defended_accuracy']:.3f} accuracy at the "
+                   f"largest eps {rows[-1]['eps']:.4f} (expected <= 0.10): gradient masking?")
+  robust, se = report["robust_accuracy"], report["robust_accuracy_standard_error"]
+  exact = [a for a in attacks_lib.EXACT_GRADIENT_ATTACKS if a in robust]
+  if exact:
+    best = min(exact, key=robust.get)
+    for name, value in robust.items():
+      if name not in exact and value < robust[best] - se[best]:
+        reasons.append(f"{name} ({value:.3f}) beats the exact-gradient {best} "
+                       f"({robust[best]:.3f}) by more than one standard error")
+  return reasons
+
+
+def write(out_dir: str, report: dict, settings_hash: str) -> str:
+  """Writes the report as EVAL/reports/report_<hash>.json and EVAL/report.json; returns the
+  latter's path."""
+  os.makedirs(os.path.join(out_dir, "reports"), exist_ok=True)
+  text = json.dumps(report, indent=2)
+  paths = [os.path.join(out_dir, "reports", f"report_{settings_hash}.json"),
+           os.path.join(out_dir, "report.json")]
+  for path in paths:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  return paths[-1]
+
+
+def summary_line(path: str, report: dict, attack_names) -> str:
+  line = (f"wrote {path}: clean {report['clean_accuracy']:.4f}, "
+          f"defended {report['defended_clean_accuracy']:.4f}, "
+          f"noise only {report['noise_only_accuracy']:.4f}")
+  robust = report["robust_accuracy"]
+  if attack_names:
+    line += ", robust " + ", ".join(f"{k} {robust[k]:.4f}" for k in attack_names)
+    line += f", undefended {report['undefended_robust_accuracy']:.4f}"
+  return line

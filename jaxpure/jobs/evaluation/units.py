@@ -1,0 +1,167 @@
+"""Units of an evaluation: each a name, a batch function and a signature, run over the test
+batches with results stored per batch (`store.BatchStore`).
+
+A batch function is `fn(params, batch, dynamic) -> {name: array with a last batch axis}`; it is
+jitted once per compile key, so units that differ only in `dynamic` inputs (an eps sweep)
+share one executable. Every example's randomness comes from its index in the test split.
+"""
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpure import attacks as attacks_lib, data, parallel, training
+from jaxpure.defense import Defense, ensemble
+from jaxpure.purifiers.common import example_keys
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """name: the unit's name (also its folder); fn: the batch function; batch_size: per batch;
+  signature: the settings its results depend on (besides the shared ones); dynamic: traced
+  inputs of fn; compile_key: units with the same key share one compiled fn."""
+  name: str
+  fn: Callable
+  batch_size: int
+  signature: dict
+  dynamic: dict = dataclasses.field(default_factory=dict)
+  compile_key: str | None = None
+
+
+def tag(name: str) -> int:
+  """A stable integer for a name (folded into keys)."""
+  return zlib.crc32(name.encode())
+
+
+def clean_unit(defense: Defense, eval_key, batch_size: int) -> Unit:
+  """Clean and defended accuracy with the per-step trace (`Defense.batch_statistics`)."""
+
+  def fn(params, batch, dynamic):
+    del dynamic
+    keys = example_keys(eval_key, batch["index"])
+    return defense.batch_statistics(params, batch["image"], batch["label"], keys)
+  return Unit("clean", fn, batch_size, {})
+
+
+def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: Defense,
+                attack_key, eval_key, batch_size: int, attack_seed: int,
+                sweep_index: int | None = None, scoring_runs: int = 1) -> Unit:
+  """Attack `name` with settings s on each batch; the attacked images are scored by
+  `scoring_runs` independent runs of the full defense with fresh randomness (keys folded from
+  eval_key; run 0 uses the unfolded key), never the attack's own samples.
+
+  For a sweep (sweep_index given) one executable serves every eps of attack `name`: eps and
+  the step size (2.5 eps / steps) are dynamic inputs and the keys fold in the sweep index.
+  """
+  sweep = sweep_index is not None
+  compile_key = f"sweep_{name}" if sweep else None
+  key_name = compile_key if sweep else unit
+  a_key, s_key = jax.random.fold_in(attack_key, tag(key_name)), jax.random.fold_in(
+      eval_key, tag(key_name))
+  attack = attacks_lib.attack_function(name, defense, s)
+
+  def fn(params, batch, dynamic):
+    if sweep:
+      a_k, s_k = jax.random.fold_in(a_key, dynamic["tag"]), jax.random.fold_in(s_key,
+                                                                               dynamic["tag"])
+      eps, step = dynamic["eps"], 2.5 * dynamic["eps"] / s.num_steps
+    else:
+      a_k, s_k, eps, step = a_key, s_key, None, None
+    x, y = batch["image"], batch["label"]
+    x_adv = attack(params, example_keys(a_k, batch["index"]), x, y, eps, step)
+    runs = [defense.predict(params, x_adv, example_keys(
+        s_k if r == 0 else jax.random.fold_in(s_k, r), batch["index"]))["mean_softmax"] == y
+            for r in range(scoring_runs)]
+    bare = jnp.argmax(defense.classify(params, x_adv), -1) == y
+    dist = (jnp.max(jnp.abs(x_adv - x), axis=(1, 2, 3)) if s.norm == "linf"
+            else jnp.sqrt(jnp.sum((x_adv - x) ** 2, axis=(1, 2, 3))))
+    return {"defended_correct": jnp.stack(runs), "bare_correct": bare,
+            "distance": dist, "x_adv": x_adv}
+
+  dynamic = ({"eps": jnp.float32(s.eps), "tag": jnp.uint32(sweep_index)} if sweep else {})
+  signature = {"attack": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed}
+  if scoring_runs != 1:
+    signature["scoring_runs"] = scoring_runs
+  return Unit(unit, fn, batch_size, signature, dynamic, compile_key)
+
+
+class Runner:
+  """Runs units over the first n test examples, storing each batch as it finishes.
+
+  shared_signature: what every unit's results depend on (networks' fingerprints, defense
+  settings, n, seeds). progress(unit, batch) is called after each computed batch.
+  """
+
+  def __init__(self, params, test_split, n: int, mesh, store, shared_signature: dict, *,
+               print_fn=print, after_batch=lambda unit, batch: None, is_writer: bool = True):
+    self.params, self.test_split, self.n, self.mesh = params, test_split, n, mesh
+    self.store, self.shared = store, shared_signature
+    self.print_fn, self.after_batch, self.is_writer = print_fn, after_batch, is_writer
+    self.timings: dict[str, dict] = {}
+    self._compiled: dict[str, object] = {}
+
+  def _batches(self, batch_size: int):
+    batch_size = parallel.round_up_to_devices(min(batch_size, self.n), self.mesh)
+    return batch_size, -(-self.n // batch_size), data.eval_batches(
+        self.test_split, batch_size, self.mesh, self.n)
+
+  def run(self, unit: Unit) -> list[dict]:
+    """The unit's per-batch results (stored ones reused, the rest computed and stored)."""
+    bs, num_batches, it = self._batches(unit.batch_size)
+    stored_count = self.store.open_unit(unit.name, dict(self.shared, batch_size=bs,
+                                                        **unit.signature), self.is_writer)
+    if stored_count:
+      self.print_fn(f"[eval] {unit.name}: reusing {min(stored_count, num_batches)} of "
+                    f"{num_batches} stored batches")
+    compile_key = unit.compile_key or unit.name
+    compiled, compile_s, run_s, done, results, reused = None, 0.0, 0.0, 0, [], 0
+    for i, batch in enumerate(it):
+      mask = np.asarray(jax.device_get(batch["mask"]))
+      stored = self.store.load(unit.name, i)
+      if stored is not None:
+        reused += 1
+      else:
+        if compiled is None:
+          t0 = time.perf_counter()
+          if compile_key not in self._compiled:
+            self.print_fn(f"[eval] {unit.name}: compiling ...")
+            self._compiled[compile_key] = jax.jit(unit.fn).lower(
+                self.params, batch, unit.dynamic).compile()
+          compiled = self._compiled[compile_key]
+          compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = jax.device_get(compiled(self.params, batch, unit.dynamic))
+        seconds = time.perf_counter() - t0
+        stored = {k: np.asarray(v)[..., mask] for k, v in out.items() if k != "x_adv"}
+        if "x_adv" in out:
+          stored["x_adv"] = np.asarray(out["x_adv"])[mask]
+        stored["seconds"] = np.asarray(seconds)
+        if self.is_writer:
+          self.store.save(unit.name, i, stored)
+        run_s += seconds
+        done += int(mask.sum())
+        shown = min(self.n, (i + 1) * bs)
+        eta = run_s / done * (self.n - shown) if done else float("inf")
+        self.print_fn(f"[eval] {unit.name}: batch {i + 1}/{num_batches}  {shown}/{self.n} "
+                      f"images  {done / max(run_s, 1e-9):.2f} img/s  "
+                      f"ETA {training.format_duration(eta)}")
+        self.after_batch(unit.name, i)
+      results.append(stored)
+    total_s = float(sum(float(r["seconds"]) for r in results))
+    self.timings[unit.name] = {"compile_seconds_this_run": compile_s, "seconds": total_s,
+                               "images_per_second": self.n / total_s if total_s else None,
+                               "reused_batches": reused}
+    return results
+
+
+def concat(results: list[dict], key: str) -> np.ndarray:
+  """One stored quantity over all batches (batch axis last)."""
+  return np.concatenate([r[key] for r in results], axis=-1)
+
+
+__all__ = ["Unit", "Runner", "clean_unit", "attack_unit", "concat", "tag", "ensemble"]

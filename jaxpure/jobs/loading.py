@@ -1,0 +1,112 @@
+"""Networks for evaluation: the used parameters (and model state) of each model in a workdir,
+trained or imported, never an optimizer. Reads only; writes nothing into the workdir.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import jax
+import numpy as np
+
+from jaxpure import checkpoint, model_specs, parallel
+from jaxpure.errors import CheckpointDamagedError, CheckpointMismatchError, WorkdirError
+
+
+def model_dir(workdir: str, kind: str) -> str:
+  """WORKDIR/checkpoints/<kind>: the checkpoints of one model."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """variables: {"params": ..., **model state}, replicated over the mesh; step: the checkpoint
+  step; metadata: what the checkpoint says of itself (identity and, if imported, "source");
+  fingerprint: SHA-256 of the variables' bytes (what evaluation results are keyed on)."""
+  variables: dict
+  step: int
+  metadata: dict
+  fingerprint: str
+
+  @property
+  def source(self) -> dict | None:
+    return self.metadata.get("source")
+
+
+def fingerprint(variables) -> str:
+  """SHA-256 over the leaves' paths, dtypes, shapes and bytes (host copies)."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    value = np.asarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()
+
+
+def load_model(spec: model_specs.ModelSpec, config, workdir: str, mesh, *,
+               required: bool = True, step: int | None = None) -> LoadedModel | None:
+  """The latest (or the given step's) checkpoint of `spec`'s model in workdir (trained or
+  imported).
+
+  Raises WorkdirError when there is none and `required` (else returns None),
+  CheckpointMismatchError when it was written for another model than the config's, and
+  CheckpointDamagedError when its files cannot be read: that error names the damaged file and
+  the newest older kept checkpoint that restores, to evaluate instead (--checkpoint_step).
+  """
+  directory = model_dir(workdir, spec.kind)
+  steps = checkpoint.checkpoint_steps(directory)
+  if not steps:
+    if not required:
+      return None
+    raise WorkdirError(
+        f"no {spec.kind} checkpoint in {directory}; train first: python train.py --config "
+        f"<config> --workdir {workdir} (or import one: python -m jaxpure.importers ...)")
+  if step is not None and step not in steps:
+    raise WorkdirError(f"no {spec.kind} checkpoint at step {step} in {directory}; kept steps: "
+                       f"{', '.join(map(str, steps))}")
+  sharding = parallel.replicated(mesh)
+  try:
+    variables, metadata, step = checkpoint.restore_variables(
+        directory, spec.identity(config), sharding, step)
+  except CheckpointDamagedError as e:
+    raise CheckpointDamagedError(f"{e}; {_older_advice(spec, config, directory, e.step, sharding)}",
+                                 path=e.path, step=e.step) from e
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointMismatchError(
+        f"checkpoint in {directory} does not fit the model in the config: "
+        f"{str(e).splitlines()[0][:300]}") from e
+  return LoadedModel(variables, step, metadata, fingerprint(variables))
+
+
+def _older_advice(spec, config, directory: str, damaged_step: int, sharding) -> str:
+  """Which older kept checkpoint restores (tried newest first), as advice for the user."""
+  older = [s for s in checkpoint.checkpoint_steps(directory) if s < damaged_step]
+  for step in reversed(older):
+    try:
+      checkpoint.restore_variables(directory, spec.identity(config), sharding, step)
+    except (CheckpointDamagedError, CheckpointMismatchError, ValueError, KeyError, TypeError):
+      continue
+    return (f"the older kept checkpoint at step {step} restores: evaluate it with "
+            f"--checkpoint_step {spec.kind}={step}")
+  if older:
+    return (f"the older kept checkpoints (steps {', '.join(map(str, older))}) do not restore "
+            "either; retrain this model")
+  return "no older checkpoint is kept; retrain this model"
+
+
+def load_defense_models(config, workdir: str, mesh,
+                        steps: dict[str, int] | None = None) -> dict[str, LoadedModel]:
+  """{kind: LoadedModel} for every model the defense needs (score network and classifier).
+
+  steps: {kind: checkpoint step} to evaluate instead of the latest (e.g. an older kept
+  checkpoint when the latest is damaged).
+  """
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir!r} does not exist; train first with train.py")
+  steps = dict(steps or {})
+  unknown = sorted(set(steps) - set(model_specs.SPECS))
+  if unknown:
+    raise WorkdirError(f"checkpoint steps given for {unknown}; the models are "
+                       f"{sorted(model_specs.SPECS)}")
+  return {kind: load_model(spec, config, workdir, mesh, step=steps.get(kind))
+          for kind, spec in model_specs.SPECS.items()}

@@ -1,0 +1,259 @@
+"""The job of train.py: train (or resume) the score network and the classifier, then write
+summary.json and the pictures. Outputs in WORKDIR: metrics.jsonl, checkpoints/{score,classifier}/,
+denoising.png, samples.png, summary.json.
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure import checkpoint, data, images, metrics, model_specs, parallel, sampling, training
+from jaxpure.errors import ConfigError, WorkdirError
+from jaxpure.jobs import loading
+from jaxpure.model_specs import KINDS, SPECS
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and checks it is writable; raises WorkdirError otherwise."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"cannot write to workdir {workdir!r}: {e.strerror or e}; "
+                       "expected a writable directory path") from e
+  return workdir
+
+
+class MetricsLog:
+  """Appends one JSON object per call to WORKDIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def __call__(self, record: dict) -> None:
+    if jax.process_index() == 0:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def init_train_state(spec: model_specs.ModelSpec, config, module, key, mesh):
+  """A fresh, replicated TrainState of the model `spec`."""
+  settings = spec.optimizer_settings(config)
+  opt, ema = training.make_optimizer(settings), training.make_ema(settings)
+  dummy = jnp.zeros((1,) + model_specs.image_shape(config), jnp.float32)
+
+  def init(key):
+    variables = dict(spec.init(module, key, dummy))
+    params = variables.pop("params")
+    return training.init_state(params, variables, opt, ema)
+
+  # Initialisers draw from an "rbg" key made from `key`'s bits: XLA compiles threefry's
+  # generator once per parameter tensor, which dominates init time of a deep net on CPU.
+  init_key = jax.random.wrap_key_data(
+      jnp.concatenate([jax.random.key_data(key)] * 2), impl="rbg")
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(init_key)
+
+
+def checkpointer(spec: model_specs.ModelSpec, config, workdir: str) -> checkpoint.Checkpointer:
+  section = config[spec.kind]
+  return checkpoint.Checkpointer(
+      loading.model_dir(workdir, spec.kind), save_every=section.checkpoint_every,
+      keep=section.keep_checkpoints, metadata=spec.identity(config))
+
+
+def train_model(spec: model_specs.ModelSpec, config, workdir: str, split, key, mesh, *,
+                should_stop: Callable[[], bool], print_fn=print):
+  """Trains (or resumes) one model; returns (state, completed)."""
+  section = config[spec.kind]
+  module = spec.build(config)
+  ckpt = checkpointer(spec, config, workdir)
+  init_key, data_key, step_key = jax.random.split(key, 3)
+  state = init_train_state(spec, config, module, init_key, mesh)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore_latest(state, warn=lambda m: print_fn(f"[{spec.kind}] warning: {m}"))
+    print_fn(f"[{spec.kind}] resumed from {ckpt.directory} at step {int(state.step)}")
+  if int(state.step) >= section.num_steps:
+    print_fn(f"[{spec.kind}] nothing to train: the checkpoint is at step {int(state.step)}, "
+             f"config.{spec.kind}.num_steps={section.num_steps}; the summary uses step "
+             f"{int(state.step)}")
+    ckpt.close()
+    return state, True
+  settings = spec.optimizer_settings(config)
+  step_fn = training.make_train_step(spec.loss(config, module), training.make_optimizer(settings),
+                                     training.make_ema(settings), mesh)
+  batches = data.TrainBatches(split, data_key, section.batch_size, mesh,
+                              random_flip=config.data.random_flip and spec is model_specs.SCORE)
+  result = training.train_loop(
+      model=spec.kind, state=state, train_step=step_fn, batches=batches, key=step_key,
+      num_steps=section.num_steps, checkpointer=ckpt, log_every=section.log_every,
+      log_metrics=MetricsLog(os.path.join(workdir, "metrics.jsonl")),
+      should_stop=should_stop, print_fn=print_fn, grad_clip=settings.grad_clip)
+  ckpt.close()
+  return result.state, result.completed
+
+
+def _used_variables(state) -> dict:
+  """The variables a trained state evaluates with: EMA parameters and model state."""
+  return {"params": state.ema_params, **state.model_state}
+
+
+def write_summary(config, workdir: str, variables: dict, steps: dict, test_split, mesh,
+                  key) -> dict:
+  """Test accuracy, denoising PSNR gain and pictures for the trained models -> summary.json.
+
+  variables: {kind: the model's variables or None}; steps: {kind: training step}.
+  """
+  report = config.report
+  summary = {"dataset": config.data.name, "num_test_examples": len(test_split)}
+  batches = lambda: data.eval_batches(test_split, report.eval_batch_size, mesh)  # noqa: E731
+  if variables.get("classifier") is not None:
+    acc = metrics.classifier_accuracy(model_specs.logits_fn(config), variables["classifier"],
+                                      batches())
+    summary["classifier"] = {"test_accuracy": acc, "step": steps["classifier"]}
+  if variables.get("score") is not None:
+    module = model_specs.SCORE.build(config)
+    summarise = _SCORE_SUMMARIES[getattr(module, "time_input", "none")]
+    summary["score"] = dict(summarise(config, workdir, variables["score"], test_split, batches,
+                                      key), step=steps["score"], head=config.score.head)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def _ncsn_summary(config, workdir, params, test_split, batches, key) -> dict:
+  """NCSNv2-type field: Tweedie denoising PSNR at report.denoise_sigma, its grid, and annealed
+  Langevin samples."""
+  report = config.report
+  h = model_specs.score_fn(config)
+  k_psnr, k_grid, k_samples = jax.random.split(key, 3)
+  result = metrics.denoising_psnr(h, params, batches(), k_psnr, report.denoise_sigma)
+  if jax.process_index() == 0:
+    x, _ = data.read_all(test_split, report.num_grid_images)
+    x = jnp.asarray(x)
+    noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
+    denoised = jax.jit(sampling.tweedie_denoise, static_argnums=(0, 3))(
+        h, params, noisy, report.denoise_sigma)
+    _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
+    shape = (report.num_samples,) + model_specs.image_shape(config)
+    samples = jax.jit(lambda p, k: sampling.annealed_langevin(
+        h, p, k, shape, model_specs.noise_levels(config), report.sampling_steps_each,
+        report.sampling_step_lr))(params, k_samples)
+    levels = len(model_specs.noise_levels(config))
+    _save_samples(workdir, samples, f"annealed Langevin samples: {levels} levels × "
+                  f"{report.sampling_steps_each} steps, step_lr {report.sampling_step_lr:g}")
+  return result
+
+
+def _vp_summary(config, workdir, params, test_split, batches, key) -> dict:
+  """VP eps-network: one-step denoising PSNR at the VP time whose noise is report.denoise_sigma
+  in pixels, its grid, and DDPM ancestral samples from t = 1."""
+  report = config.report
+  eps_fn, sde = model_specs.score_fn(config), model_specs.vp_sde(config)
+  t = vp_time_for_pixel_sigma(sde, report.denoise_sigma)
+  k_psnr, k_grid, k_samples = jax.random.split(key, 3)
+  field = lambda p, x, level: vp_pixel_field(eps_fn, sde, t, p, x)  # noqa: E731
+  result = metrics.denoising_psnr(field, params, batches(), k_psnr, report.denoise_sigma)
+  result["vp_time"] = t
+  if jax.process_index() == 0:
+    x, _ = data.read_all(test_split, report.num_grid_images)
+    x = jnp.asarray(x)
+    noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
+    denoised = jax.jit(lambda p, y: sampling.tweedie_denoise(field, p, y, report.denoise_sigma))(
+        params, noisy)
+    _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
+    from jaxpure.purifiers import common, diffpure
+    n = report.num_samples
+    start = jnp.full((n,) + model_specs.image_shape(config), 0.5)
+    settings = diffpure.Settings(t_star=1.0, num_steps=report.vp_sampling_steps,
+                                 sampler="ddpm", beta_min=sde.beta_min, beta_max=sde.beta_max,
+                                 remat=False)
+    keys = common.restart_keys(jax.random.split(k_samples, n), 1)
+    samples = jax.jit(lambda p, x, k: diffpure.purify(eps_fn, p, x, k, settings)[0][0])(
+        params, start, keys)
+    _save_samples(workdir, samples, f"DDPM ancestral samples: {report.vp_sampling_steps} steps "
+                  "from t = 1")
+  return result
+
+
+def vp_time_for_pixel_sigma(sde, sigma: float) -> float:
+  """The VP time t at which x_t / sqrt(abar(t)), read in pixels, is x + sigma z: std(t) /
+  mean(t) = 2 sigma (bisection)."""
+  lo, hi = 0.0, 1.0
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    mean, std = (float(v) for v in sde.marginal(mid))
+    lo, hi = (mid, hi) if std / mean < 2 * sigma else (lo, mid)
+  return (lo + hi) / 2
+
+
+def vp_pixel_field(eps_fn, sde, t: float, params, x_noisy):
+  """h with x~ + sigma h(x~) = the eps-network's one-step denoising of x~ = x + sigma z
+  (pixels), seen as x_t = mean(t) (2 x~ - 1) in the VP space."""
+  mean, _ = sde.marginal(t)
+  ts = jnp.full(x_noisy.shape[:1], t, x_noisy.dtype)
+  # x0 = x_t / mean - (std / mean) eps in [-1, 1], i.e. x~ - sigma eps in pixels
+  return -eps_fn(params, mean * (2 * x_noisy - 1), ts)
+
+
+def _save_denoising(workdir, sigma, x, noisy, denoised):
+  images.save_grid(os.path.join(workdir, "denoising.png"), [x, noisy, denoised],
+                   row_labels=["clean", f"noised σ={sigma:g}", "denoised (one step)"],
+                   title="test images: one-step (Tweedie) denoising")
+
+
+def _save_samples(workdir, samples, title: str):
+  n = samples.shape[0]
+  images.save_grid(os.path.join(workdir, "samples.png"),
+                   [samples[i:i + 8] for i in range(0, n, 8)], title=title)
+
+
+_SCORE_SUMMARIES = {"none": _ncsn_summary, "vp_time": _vp_summary}
+
+
+def run(config, workdir: str, kinds: Sequence[str] = KINDS, *,
+        should_stop: Callable[[], bool] = lambda: False, mesh=None,
+        print_fn=print) -> dict | None:
+  """Trains the models `kinds` (resuming from WORKDIR/checkpoints), then writes summary.json
+  and the PNG grids. Returns the summary, or None when interrupted by `should_stop`."""
+  bad = [k for k in kinds if k not in KINDS]
+  if bad or not kinds:
+    raise ConfigError(f"models {list(kinds)}; expected a non-empty subset of {KINDS}")
+  train_split = data.open_split(config.data.name, "train", config.data.data_dir)
+  test_split = data.open_split(config.data.name, "test", config.data.data_dir)
+  workdir = prepare_workdir(workdir)
+  for kind in kinds:  # before any training: an untrained network's summary means nothing
+    if config[kind].num_steps == 0 and not checkpoint.checkpoint_steps(
+        loading.model_dir(workdir, kind)):
+      raise ConfigError(
+          f"config.{kind}.num_steps=0 and there is no {kind} checkpoint in {workdir}: nothing "
+          f"to train, and the summary would describe an untrained network; set "
+          f"--config.{kind}.num_steps to 1 or more, or leave {kind} out of --models")
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  for kind in KINDS:
+    parallel.check_batch_size(config[kind].batch_size, mesh, f"config.{kind}.batch_size")
+  root = jax.random.key(config.seed)
+  variables, steps = {}, {}
+  for i, kind in enumerate(KINDS):
+    spec = SPECS[kind]
+    if kind in kinds:
+      state, completed = train_model(spec, config, workdir, train_split,
+                                     jax.random.fold_in(root, i), mesh,
+                                     should_stop=should_stop, print_fn=print_fn)
+      if not completed:
+        return None
+      variables[kind], steps[kind] = _used_variables(state), int(state.step)
+    else:
+      found = loading.load_model(spec, config, workdir, mesh, required=False)
+      variables[kind], steps[kind] = (found.variables, found.step) if found else (None, None)
+  summary = write_summary(config, workdir, variables, steps, test_split, mesh,
+                          jax.random.fold_in(root, 100))
+  print_fn(f"wrote {os.path.join(workdir, 'summary.json')}: {json.dumps(summary)}")
+  return summary

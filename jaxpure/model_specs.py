@@ -1,0 +1,134 @@
+"""One spec per model kind ("score", "classifier"): how the config builds it, initialises it,
+trains it (its loss) and names it in checkpoints. Code that handles "a model" takes a spec
+instead of branching on the kind's name.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxpure import checkpoint, losses, models, sde as sde_lib, training
+
+
+def image_shape(config) -> tuple[int, int, int]:
+  """[H, W, C] of the config's data set."""
+  return (config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def _module(section, **fixed):
+  """The registered model `section.model`, given the section's keys that are its fields."""
+  cls_fields = models.field_names(section.model)
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()
+            if k in cls_fields}
+  kwargs.update({k: v for k, v in fixed.items() if k in cls_fields})
+  return models.create(section.model, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """kind: the config section and checkpoint folder name; build(config) -> Flax module;
+  init(module, key, x) -> variables; apply_train(module, variables, x, key) -> (output,
+  new model state) is not needed here: each spec gives its loss instead."""
+  kind: str
+  build: Callable
+  init: Callable
+  loss: Callable  # loss(config, module) -> loss_fn(params, model_state, batch, key)
+
+  def identity(self, config) -> dict:
+    """The checkpoint metadata a checkpoint of this model must carry."""
+    return checkpoint.model_identity(self.kind, config[self.kind].model,
+                                     models.fields(self.build(config)), image_shape(config))
+
+  def optimizer_settings(self, config) -> training.OptimizerSettings:
+    section = config[self.kind]
+    return training.OptimizerSettings(
+        kind=section.get("optimizer", "adam"), lr=section.lr, beta1=section.get("beta1", 0.9),
+        beta2=section.get("beta2", 0.999), eps=section.get("eps", 1e-8),
+        momentum=section.get("momentum", 0.9), weight_decay=section.weight_decay,
+        grad_clip=section.grad_clip, num_steps=section.num_steps, ema_rate=section.ema_rate,
+        ema_debias=section.ema_debias)
+
+
+def noise_levels(config) -> jax.Array:
+  """The DSM noise schedule of config.score, [L]."""
+  s = config.score
+  return losses.noise_levels(s.sigma_max, s.sigma_min, s.num_sigmas)
+
+
+def vp_sde(config) -> sde_lib.VPSDE:
+  """The VP-SDE of config.sde (time-conditioned networks)."""
+  return sde_lib.VPSDE(config.sde.beta_min, config.sde.beta_max)
+
+
+def _score_loss(config, module):
+  """NCSNv2-type networks (time input "none"): the annealed DSM loss over config.score's noise
+  levels; time-conditioned ones ("vp_time"): Score SDE's continuous VP DSM loss, with dropout
+  in training."""
+  if getattr(module, "time_input", "none") == "vp_time":
+    return _vp_score_loss(config, module)
+  h, levels = models.score_function(module), noise_levels(config)
+
+  def score_loss(params, model_state, batch, key):
+    return losses.dsm_loss(lambda p, x, t: h({"params": p}, x, t), params, batch["image"], key,
+                           levels), (model_state, {})
+  return score_loss
+
+
+def _vp_score_loss(config, module):
+  sde, t_eps = vp_sde(config), config.sde.t_eps
+
+  def score_loss(params, model_state, batch, key):
+    k_loss, k_drop = jax.random.split(key)
+    eps_fn = lambda p, x, t: module.apply({"params": p, **model_state}, x, 999.0 * t,  # noqa
+                                          train=True, rngs={"dropout": k_drop})
+    return losses.vp_dsm_loss(eps_fn, params, batch["image"], k_loss, sde, t_eps), (
+        model_state, {})
+  return score_loss
+
+
+def _classifier_loss(config, module):
+  del config
+
+  def classifier_loss(params, model_state, batch, key):
+    del key
+    variables = {"params": params, **model_state}
+    if model_state:
+      logits, new_state = module.apply(variables, batch["image"], train=True,
+                                       mutable=list(model_state))
+    else:
+      logits, new_state = module.apply(variables, batch["image"], train=True), model_state
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return losses.mean_cross_entropy(logits, batch["label"]), (dict(new_state),
+                                                               {"accuracy": acc})
+  return classifier_loss
+
+
+SCORE = ModelSpec(
+    kind="score",
+    build=lambda config: _module(config.score, channels=config.data.channels,
+                                 image_size=config.data.image_size),
+    init=lambda module, key, x: module.init(key, x, jnp.ones(x.shape[:1], x.dtype))
+    if getattr(module, "time_input", "none") != "none" else module.init(key, x),
+    loss=_score_loss)
+
+CLASSIFIER = ModelSpec(
+    kind="classifier",
+    build=lambda config: _module(config.classifier, num_classes=config.data.num_classes),
+    init=lambda module, key, x: module.init(key, x, train=False),
+    loss=_classifier_loss)
+
+SPECS = {s.kind: s for s in (SCORE, CLASSIFIER)}
+KINDS = tuple(SPECS)
+
+
+def score_fn(config):
+  """h(variables, x, t) of the config's score network (`models.score_function`)."""
+  return models.score_function(SCORE.build(config))
+
+
+def logits_fn(config):
+  """logits(variables, x) -> [B, K] of the config's classifier, in eval mode."""
+  module = CLASSIFIER.build(config)
+  return lambda variables, x: module.apply(variables, x, train=False)

@@ -1,0 +1,65 @@
+"""Registry of purifier families, by name.
+
+A family is a module with:
+  NAME: str                       its name in configs (config.defense.purifier)
+  TIME_INPUT: str                 the network time input it calls (`models.score_function`)
+  Settings                        a frozen dataclass of its settings, validated on creation,
+                                  with `network_evaluations()` per restart
+  purify(score_fn, params, x, keys, settings) -> (purified [R, B, H, W, C], trace)
+                                  x in [0, 1]; keys [R, B]; trace: `common.make_trace`'s
+                                  common part with a leading R axis
+Adding a family is adding one module in this folder (found here by name) and one config
+section `config.purifiers.<NAME>` whose keys are its Settings fields. Families defined
+elsewhere (a script, a test) call `register(module)`.
+"""
+
+import dataclasses
+import importlib
+import pkgutil
+import types
+
+from jaxpure.errors import ConfigError
+
+_FAMILIES: dict[str, types.ModuleType] = {}
+_REQUIRED = ("NAME", "TIME_INPUT", "Settings", "purify")
+
+
+def register(family) -> None:
+  """Adds a family (a module or any object with NAME, TIME_INPUT, Settings, purify)."""
+  missing = [a for a in _REQUIRED if not hasattr(family, a)]
+  if missing:
+    raise ValueError(f"a purifier family needs {_REQUIRED}; {family!r} lacks {missing}")
+  _FAMILIES[family.NAME] = family
+
+
+def _discover() -> None:
+  for info in pkgutil.iter_modules(__path__):
+    if info.name.startswith("_") or info.name == "common":
+      continue
+    module = importlib.import_module(f"{__name__}.{info.name}")
+    if all(hasattr(module, a) for a in _REQUIRED):
+      _FAMILIES.setdefault(module.NAME, module)
+
+
+def names() -> list[str]:
+  _discover()
+  return sorted(_FAMILIES)
+
+
+def get(name: str):
+  """The family registered as `name`; ConfigError naming the known ones otherwise."""
+  _discover()
+  if name not in _FAMILIES:
+    raise ConfigError(f"unknown purifier {name!r}; expected one of {sorted(_FAMILIES)}")
+  return _FAMILIES[name]
+
+
+def make_settings(name: str, values: dict):
+  """The family's Settings from a config section's values (unknown keys are a ConfigError)."""
+  family = get(name)
+  known = {f.name for f in dataclasses.fields(family.Settings)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ConfigError(f"unknown key(s) {unknown} in config.purifiers.{name}; "
+                      f"the {name} settings are {sorted(known)}")
+  return family.Settings(**values)
