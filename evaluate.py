@@ -10,6 +10,8 @@ an interrupted run started again with the same arguments resumes. Bad input prin
 on stderr and exits 2.
 """
 
+import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -46,6 +48,14 @@ def _checkpoint_steps(items) -> dict[str, int]:
   return steps
 
 
+def _interrupted(signum, frame):
+  """SIGTERM/SIGINT: finished batches are already stored; say so and how to resume."""
+  del frame
+  print(f"[eval] interrupted by {signal.Signals(signum).name}: every finished batch is stored; "
+        "run the same command again to resume", file=sys.stderr, flush=True)
+  os._exit(128 + signum)  # at once, even inside a long XLA compile
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
@@ -54,12 +64,15 @@ def main(argv):
   if _NUM_EXAMPLES.value is not None and _NUM_EXAMPLES.value < 1:
     cli.fail(f"--num_examples={_NUM_EXAMPLES.value}; expected >= 1")
   steps = _checkpoint_steps(_CHECKPOINT_STEP.value)
+  cli.enable_compilation_cache()
   cli.init_distributed(config)
   workdir = _WORKDIR.value or f"runs/{config.data.name}"
+  signal.signal(signal.SIGTERM, _interrupted)
+  signal.signal(signal.SIGINT, _interrupted)
   from jaxpure.jobs import evaluation
   with cli.user_errors_exit():
     evaluation.evaluate(config, workdir, _ATTACKS.value, _NUM_EXAMPLES.value,
-                        output_dir=_OUTPUT.value,
+                        sweep=_SWEEP.value, output_dir=_OUTPUT.value,
                         **({"checkpoint_steps": steps} if steps else {}))
   sys.exit(0)
 

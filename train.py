@@ -28,6 +28,7 @@ def main(argv):
     cli.fail(f"unexpected arguments {argv[1:]}; flags look like --workdir=DIR")
   logging.set_verbosity(logging.WARNING)  # orbax/TFDS info lines would drown the progress
   config = cli.checked_config(_CONFIG.value)
+  cli.enable_compilation_cache()
   cli.init_distributed(config)
   workdir = _WORKDIR.value or f"runs/{config.data.name}"
   stop = threading.Event()

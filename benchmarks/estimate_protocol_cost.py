@@ -2,16 +2,18 @@
 floating-point operations of its steps (compiled on any device; no GPU needed).
 
   python benchmarks/estimate_protocol_cost.py --config configs/cifar10_croce.py \
-      --attack apgd_eot [--tflops 100,300] [--json out.json]
+      --attack apgd_eot [--tflops 30,100] [--json out.json]
 
-It compiles, for the config's networks at batch 1 (random weights, abstract shapes):
-- the exact EOT gradient of the attack loss for ONE EOT sample (what each APGD/PGD iteration
-  repeats n_eot times per image), and
-- one forward purification + classification (what scoring repeats R x scoring_runs times),
-reads their FLOPs from `compiled.cost_analysis()`, multiplies by the protocol's counts
-(images, iterations + 1 starting gradient per run, EOT samples, runs per loss, scoring) and
-divides by an assumed sustained throughput. The result is an estimate: it assumes the GPU
-sustains the given TFLOP/s on these convolutions; measure on the GPU to replace it.
+It compiles, for the config's networks at batch 1 (random weights, abstract shapes), one
+forward pass and one forward + backward pass (VJP) of the score network and of the classifier,
+and reads their FLOPs from `compiled.cost_analysis()` (XLA counts a loop body once, so the
+purifier's scan is not compiled whole: its steps are counted here). Then
+- one exact EOT gradient (one EOT sample) costs, per network evaluation of the purifier, one
+  VJP plus one forward (the remat recomputation), plus the classifier's VJP;
+- one purification + classification costs the network evaluations plus one classifier pass;
+and the protocol's counts (images, iterations + 1 starting gradient per run, EOT samples, runs
+per loss, scoring) give the total, divided by an assumed sustained throughput. The result is
+an estimate: measure on the GPU to replace it.
 """
 
 import argparse
@@ -40,8 +42,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--attack", default="apgd_eot")
-  parser.add_argument("--tflops", default="100,300",
-                      help="assumed sustained TFLOP/s, comma-separated (default 100,300)")
+  parser.add_argument("--tflops", default="30,100",
+                      help="assumed sustained TFLOP/s, comma-separated (default 30,100)")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   try:
@@ -53,14 +55,11 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   from jaxpure import model_specs
-  from jaxpure.attacks import eot
   from jaxpure.jobs import evaluation
   defense = evaluation.make_defense(config)
   s = evaluation.attack_settings(config, args.attack)
   shape = (1,) + model_specs.image_shape(config)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  y = jax.ShapeDtypeStruct((1,), jnp.int32)
-  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 1))
 
   def variables(spec):
     module = spec.build(config)
@@ -68,11 +67,24 @@ def main(argv=None):
                                             jnp.zeros(shape, jnp.float32)))
   params = {"score": variables(model_specs.SCORE),
             "classifier": variables(model_specs.CLASSIFIER)}
-  loss = s.losses[0] if args.attack == "apgd_eot" else s.loss
-  grad = jax.jit(lambda p, k, x, y: eot.exact_eot_gradient(defense, loss, 1)(p, k, x, y)[1])
-  grad_flops = _flops(grad.lower(params, keys, x, y).compile())
-  predict = jax.jit(lambda p, k, x: defense.logits(p, x, k, 1))
-  fwd_flops = _flops(predict.lower(params, keys, x).compile())
+  score_fn, logits_fn = defense.score_fn, defense.logits_fn
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+
+  def cost(fn, *args):
+    return _flops(jax.jit(fn).lower(*args).compile())
+
+  def vjp(f):
+    def run(*args):
+      out, pullback = jax.vjp(f, *args)
+      return pullback(jnp.ones_like(out))
+    return run
+  score_fwd = cost(lambda p, x, t: score_fn(p, x, t), params["score"], x, t)
+  score_vjp = cost(lambda p, x, t: vjp(lambda x: score_fn(p, x, t))(x), params["score"], x, t)
+  clf_fwd = cost(lambda p, x: logits_fn(p, x), params["classifier"], x)
+  clf_vjp = cost(lambda p, x: vjp(lambda x: logits_fn(p, x))(x), params["classifier"], x)
+  evals = defense.settings.network_evaluations()
+  grad_flops = evals * (score_vjp + score_fwd) + clf_vjp
+  fwd_flops = evals * score_fwd + clf_fwd
   n = config.eval.num_examples or 10000
   runs = len(s.losses) * (1 + s.warm_restarts) if args.attack == "apgd_eot" else 1
   gradients = n * runs * (s.num_steps + 1) * s.n_eot
@@ -80,6 +92,9 @@ def main(argv=None):
                                      + (runs if args.attack == "apgd_eot" else 0))
   total = gradients * grad_flops + scorings * fwd_flops
   result = {"config": args.config, "attack": args.attack, "images": n,
+            "score_network_flops": {"forward": score_fwd, "vjp": score_vjp},
+            "classifier_flops": {"forward": clf_fwd, "vjp": clf_vjp},
+            "network_evaluations_per_purification": evals,
             "gradient_flops_per_eot_sample": grad_flops, "forward_flops_per_purification":
             fwd_flops, "eot_gradients": gradients, "forward_purifications": scorings,
             "total_flops": total,

@@ -17,7 +17,12 @@ x <- clip(x + alpha g, 0, 1).
 
 `TorchNCSNv2` is jaxpure's `NCSNv2` (score head) layer for layer, in NCHW; its parameter
 names mirror the Flax parameter tree, so `net_from_flax` loads a Flax `params` tree (HWIO
-kernels) into its state dict (OIHW kernels) by name, strictly.
+kernels) into its state dict (OIHW kernels) by name, strictly. `classifier_from_flax` does the
+same for jaxpure's classifiers (`small_cnn`, `wrn` in eval mode).
+
+`exact_eot_gradient` is the attack's exact EOT gradient of the defense loss (ADP + classifier,
+cross-entropy) by autograd through the loop (`adp_chain`), optionally with per-step
+`torch.utils.checkpoint`: the PyTorch counterpart of `jaxpure.attacks.eot.exact_eot_gradient`.
 
 Pixels are in [0, 1]. Tensors here are NCHW (`[N, C, H, W]`); jaxpure's are NHWC.
 This module imports torch and NumPy only: it takes Flax parameters as nested dicts of arrays.
@@ -284,6 +289,133 @@ def net_from_flax(params: Mapping, ngf: int, channels: int, pool: str = "max") -
   return net.eval().requires_grad_(False)
 
 
+# ----------------------------------------------------------------------------- classifiers
+class _Normalize(nn.Module):
+  """(x - mean) / std per channel (length-1 tuples broadcast), as jaxpure's classifiers."""
+
+  def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    super().__init__()
+    self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
+    self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class TorchSmallCNN(nn.Module):
+  """jaxpure's `small_cnn` in NCHW: (conv3x3 -> ReLU -> conv3x3 -> ReLU -> 2x2 max pool) with
+  width then 2 width channels, dense 128 -> ReLU -> dense num_classes; the dense input is
+  flattened in NHWC order, as Flax flattens it. x: [N, C, H, W] in [0, 1] -> logits [N, K]."""
+
+  def __init__(self, channels: int, image_size: int, num_classes: int = 10, width: int = 32,
+               mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    cin = channels
+    for i, feats in enumerate((width, 2 * width)):
+      self.add_module(f"conv{i}_0", nn.Conv2d(cin, feats, 3, padding=1))
+      self.add_module(f"conv{i}_1", nn.Conv2d(feats, feats, 3, padding=1))
+      cin = feats
+    side = image_size // 4
+    self.fc0 = nn.Linear(side * side * 2 * width, 128)
+    self.fc1 = nn.Linear(128, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    h = self.normalize(x)
+    for i in range(2):
+      h = F.relu(getattr(self, f"conv{i}_0")(h))
+      h = F.relu(getattr(self, f"conv{i}_1")(h))
+      h = F.max_pool2d(h, 2, 2)
+    h = h.permute(0, 2, 3, 1).flatten(1)
+    return self.fc1(F.relu(self.fc0(h)))
+
+
+class _WideBlock(nn.Module):
+  """jaxpure's pre-activation wide block (bn1, conv1, bn2, conv2, shortcut), eval mode."""
+
+  def __init__(self, cin: int, features: int, stride: int):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
+    self.conv1 = nn.Conv2d(cin, features, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(features, eps=1e-5)
+    self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=False)
+    self.shortcut = (None if cin == features and stride == 1
+                     else nn.Conv2d(cin, features, 1, stride, 0, bias=False))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    pre = F.relu(self.bn1(x))
+    h = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+    return (x if self.shortcut is None else self.shortcut(pre)) + h
+
+
+class TorchWideResNet(nn.Module):
+  """jaxpure's `wrn` (WideResNet-depth-width, pre-activation) in NCHW, eval mode.
+  x: [N, C, H, W] in [0, 1] -> logits [N, K]."""
+
+  def __init__(self, channels: int, depth: int = 28, width: int = 10, num_classes: int = 10,
+               mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+               normalize_input: bool = True):
+    super().__init__()
+    n = (depth - 4) // 6
+    self.normalize = _Normalize(mean, std) if normalize_input else None
+    self.conv0 = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
+    cin = 16
+    for g, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2))):
+      for b in range(n):
+        self.add_module(f"group{g}_block{b}",
+                        _WideBlock(cin, 16 * mult * width, stride if b == 0 else 1))
+        cin = 16 * mult * width
+    self.n = n
+    self.bn_final = nn.BatchNorm2d(cin, eps=1e-5)
+    self.fc = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    h = self.conv0(x if self.normalize is None else self.normalize(x))
+    for g in range(3):
+      for b in range(self.n):
+        h = getattr(self, f"group{g}_block{b}")(h)
+    return self.fc(F.relu(self.bn_final(h)).mean(dim=(2, 3)))
+
+
+def classifier_state_dict(variables: Mapping) -> dict[str, torch.Tensor]:
+  """Torch state dict of a `TorchSmallCNN` / `TorchWideResNet` from the Flax classifier's
+  variables ({"params": ..., optionally "batch_stats": ...}, nested dicts): conv kernels HWIO
+  -> OIHW, dense kernels [in, out] -> [out, in], BatchNorm scale/bias -> weight/bias and
+  batch_stats mean/var -> running_mean/running_var."""
+  state = {}
+  for path, value in _flatten(variables.get("params", {})).items():
+    name = {"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1])
+    if path[-1] == "kernel":
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    state[".".join(path[:-1] + (name,))] = torch.from_numpy(
+        np.array(value, dtype=np.float32, copy=True))
+  for path, value in _flatten(variables.get("batch_stats", {})).items():
+    name = {"mean": "running_mean", "var": "running_var"}[path[-1]]
+    state[".".join(path[:-1] + (name,))] = torch.from_numpy(
+        np.array(value, dtype=np.float32, copy=True))
+    state[".".join(path[:-1] + ("num_batches_tracked",))] = torch.tensor(0)
+  return state
+
+
+def classifier_from_flax(variables: Mapping, model: str, fields: Mapping,
+                         image_shape: Sequence[int]) -> nn.Module:
+  """The torch classifier (eval mode, no parameter gradients) of jaxpure's registered
+  classifier `model` ("small_cnn" or "wrn") with the module's `fields` (e.g.
+  `jaxpure.models.fields(module)`) and the Flax `variables` (strict); image_shape [H, W, C]."""
+  h, _, c = image_shape
+  keep = lambda names: {k: (tuple(v) if isinstance(v, list) else v)  # noqa: E731
+                        for k, v in fields.items() if k in names}
+  if model == "small_cnn":
+    net = TorchSmallCNN(c, h, **keep(("num_classes", "width", "mean", "std")))
+  elif model == "wrn":
+    net = TorchWideResNet(c, **keep(("depth", "width", "num_classes", "mean", "std",
+                                      "normalize_input")))
+  else:
+    raise ValueError(f"classifier {model!r} has no PyTorch reference (small_cnn, wrn)")
+  net.load_state_dict(classifier_state_dict(variables), strict=True)
+  return net.eval().requires_grad_(False)
+
+
 # ----------------------------------------------------------------------------- purifiers
 @dataclasses.dataclass(frozen=True)
 class AdpSettings:
@@ -381,3 +513,43 @@ def make_batched_purifier(net: Net, s: AdpSettings, compile: bool = False,
       return x.reshape(x0.shape)
 
   return purify
+
+
+# ----------------------------------------------------------------------------- gradients
+def adp_chain(net: Net, x0: torch.Tensor, s: AdpSettings,
+              checkpoint: bool = False) -> torch.Tensor:
+  """x_T of ADP from x0 [N, C, H, W], differentiable by autograd through every step (the
+  field, the curvature probe and step size, the clipping; the stopping mask is a constant),
+  as Croce et al. attack purifiers: the PyTorch way of jaxpure's exact gradient. All T steps
+  run (stopped examples take zero steps). checkpoint: each step is a non-reentrant
+  `torch.utils.checkpoint` (its activations recomputed in the backward pass; only the
+  iterates are kept), like jaxpure's `remat`."""
+  x = x0
+  active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+  for _ in range(s.max_iter):
+    if checkpoint:
+      x, active = torch.utils.checkpoint.checkpoint(batched_step, net, x, active, s,
+                                                    use_reentrant=False)
+    else:
+      x, active = batched_step(net, x, active, s)
+  return x
+
+
+def exact_eot_gradient(net: Net, classifier: Net, x: torch.Tensor, y: torch.Tensor,
+                       noise: torch.Tensor, s: AdpSettings, checkpoint: bool = False):
+  """(loss [B], gradient [B, C, H, W]) of the defense's EOT loss, as
+  `jaxpure.attacks.eot.exact_eot_gradient` with the ADP family and the cross-entropy: per
+  example the mean over n purifications of the classifier's cross-entropy, differentiated
+  (summed over the batch) with respect to x [B, C, H, W] by autograd through the purifier.
+
+  noise: [n, B, C, H, W], the randomising noise of the n purifications (sigma_n times a
+  standard normal draw): purification i starts from clip(x + noise[i], 0, 1).
+  """
+  n, b = noise.shape[:2]
+  x = x.detach().requires_grad_(True)
+  with torch.enable_grad():
+    x0 = (x.unsqueeze(0) + noise).clamp(0.0, 1.0).reshape((n * b,) + tuple(x.shape[1:]))
+    logits = classifier(adp_chain(net, x0, s, checkpoint))
+    per_example = F.cross_entropy(logits, y.repeat(n), reduction="none").reshape(n, b).mean(0)
+    (grad,) = torch.autograd.grad(per_example.sum(), x)
+  return per_example.detach(), grad

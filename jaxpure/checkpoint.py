@@ -12,9 +12,10 @@ orbax. Evaluation reads only the used parameters (`restore_variables`): the EMA 
 model state of a trained run, never its optimizer state.
 
 A damaged checkpoint (truncated or corrupted files, unreadable metadata JSON, a missing `state`
-folder, arrays that differ from their checksums) raises CheckpointDamagedError naming the file, never an orbax traceback and never "of
-another model": whether a checkpoint fits the config is decided from its metadata before any
-array is read, so a failure while reading the arrays is damage. Training continues from the
+folder, arrays that differ from their checksums) raises CheckpointDamagedError naming the
+file, never an orbax traceback and never "of another model": whether a checkpoint fits the
+config is decided from its metadata before any array is read, so a failure while reading the
+arrays is damage. Training continues from the
 newest older checkpoint that restores (`Checkpointer.restore_latest`) and moves the damaged
 step folders to WORKDIR/checkpoints/damaged/<kind>/ (kept, not deleted).
 """
@@ -135,7 +136,7 @@ class Checkpointer:
       return state
     if not damaged:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    older = [e.step for e in damaged[1:]]
+    older = ", ".join(str(e.step) for e in damaged[1:])
     tried = (f"the older kept checkpoints (steps {older}) are damaged too" if older
              else "no older checkpoint is kept")
     raise CheckpointDamagedError(
@@ -170,11 +171,24 @@ def _abstract(leaf):
   return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
 
 
-def _digest(tree) -> str:
-  """SHA-256 over a tree's leaves: key paths, dtypes, shapes and bytes (host copies)."""
+def _host_value(leaf) -> np.ndarray | None:
+  """A leaf's value on this host; None for an array sharded over other processes' devices
+  (a replicated one is read from a local replica)."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    if not leaf.is_fully_replicated:
+      return None
+    leaf = leaf.addressable_data(0)
+  return np.asarray(jax.device_get(leaf))
+
+
+def _digest(tree) -> str | None:
+  """SHA-256 over a tree's leaves: key paths, dtypes, shapes and bytes (host copies); None
+  when a leaf is not readable on this host as a whole."""
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    value = np.asarray(jax.device_get(leaf))
+    value = _host_value(leaf)
+    if value is None:
+      return None
     digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
     digest.update(np.ascontiguousarray(value).tobytes())
   return digest.hexdigest()
@@ -182,8 +196,10 @@ def _digest(tree) -> str:
 
 def tree_checksums(tree: dict) -> dict[str, str]:
   """{top-level key: SHA-256 of that part} of a saved tree (a state dict or variables), so
-  that a partial read (evaluation reads only the EMA parameters) can be checked too."""
-  return {str(k): _digest(v) for k, v in tree.items()}
+  that a partial read (evaluation reads only the EMA parameters) can be checked too. Parts
+  sharded over several processes are left out (not checked)."""
+  sums = {str(k): _digest(v) for k, v in tree.items()}
+  return {k: v for k, v in sums.items() if v is not None}
 
 
 def verify_checksums(restored: dict, metadata: dict, where: str, item: str, step: int) -> None:
@@ -192,7 +208,8 @@ def verify_checksums(restored: dict, metadata: dict, where: str, item: str, step
   Checkpoints saved without checksums are not checked."""
   saved = metadata.get(CHECKSUMS_KEY) or {}
   for key, value in restored.items():
-    if str(key) in saved and _digest(value) != saved[str(key)]:
+    found = _digest(value) if str(key) in saved else None
+    if found is not None and found != saved[str(key)]:
       raise CheckpointDamagedError(
           f"checkpoint {where} is damaged: the arrays of {key!r} read from {item} differ from "
           "the checksum saved with them (a data file was overwritten or corrupted)",
@@ -430,10 +447,14 @@ def restore_variables(directory: str, expected: dict[str, Any], sharding,
                                     f"{sorted(tree)})")
     tree = {"ema_params": tree["ema_params"], "model_state": tree.get("model_state") or {}}
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
-  with _damage_as_error(where, path, step):
-    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+  reader = ocp.PyTreeCheckpointer()
+  try:
+    with _damage_as_error(where, path, step):
+      restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+  finally:
+    reader.close()
   verify_checksums(restored, metadata, where, path, step)
   if item == STATE_ITEM:
     variables = {"params": restored["ema_params"], **(restored["model_state"] or {})}

@@ -214,3 +214,40 @@ def init_distributed(config) -> None:
         f.coordinator_address, f.num_processes, f.process_id,
         initialization_timeout=config.distributed.initialization_timeout,
         heartbeat_timeout_seconds=config.distributed.heartbeat_timeout_seconds)
+
+
+#: Environment variable naming the CLIs' compilation cache directory ("off" disables it).
+COMPILATION_CACHE_ENV = "JAXPURE_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(min_compile_time_secs: float = 1.0) -> str | None:
+  """Turns on JAX's persistent compilation cache, so a second run of a CLI loads the
+  programs the first one compiled instead of compiling them again.
+
+  The directory is $JAXPURE_COMPILATION_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR,
+  else $XDG_CACHE_HOME/jaxpure/xla (default ~/.cache/jaxpure/xla); JAXPURE_COMPILATION_CACHE
+  set to "off" (or "", "0", "none", "false") leaves the cache off. Programs that compile in
+  at least `min_compile_time_secs` are stored. A directory that cannot be created or written
+  is one warning line on stderr, and the run goes on without the cache. Call it before the
+  first compilation. Returns the directory in use, or None.
+
+  The cache is trusted code: point it at a directory only you can write.
+  """
+  import jax
+  value = os.environ.get(COMPILATION_CACHE_ENV)
+  if value is not None and value.strip().lower() in ("", "0", "off", "none", "false"):
+    return None
+  path = value or jax.config.jax_compilation_cache_dir or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "jaxpure", "xla")
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise PermissionError(f"cannot write to {path}")
+  except OSError as e:
+    print(f"warning: compilation cache off ({COMPILATION_CACHE_ENV}={path}): "
+          f"{' '.join(str(e).split())}", file=sys.stderr)
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
+  return path

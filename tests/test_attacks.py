@@ -266,3 +266,33 @@ def test_pgd_and_apgd_break_an_undefended_digits_classifier(digits_classifier):
 def test_bad_attack_settings_name_the_field(bad, fragment):
   with pytest.raises(ConfigError, match=re.escape(fragment)):
     A.AttackSettings(**bad)
+
+
+@pytest.mark.parametrize("eot_chunk", [0, 1])
+def test_apgd_eot_traces_each_loss_gradient_a_fixed_number_of_times(monkeypatch, eot_chunk):
+  """The runs (losses x (1 + warm restarts)) share one traced gradient per loss: the number
+  of times a loss is traced does not grow with the warm restarts (at most twice: APGD's start
+  evaluation and its step), so neither does the compiled program."""
+  params, defense = tiny_params(), tiny_defense(restarts=2)
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(6), jnp.arange(SHAPE[0]))
+
+  def traces(warm_restarts):
+    counts = {"ce": 0, "dlr": 0}
+
+    def counting(name, fn):
+      def loss(*args):
+        counts[name] += 1
+        return fn(*args)
+      return loss
+    with monkeypatch.context() as m:
+      for name in counts:
+        m.setitem(eot.losses_lib.LOSSES, name, counting(name, eot.losses_lib.LOSSES[name]))
+      s = A.AttackSettings(eps=0.1, num_steps=3, n_eot=2, losses=("ce", "dlr"),
+                           warm_restarts=warm_restarts, eot_chunk=eot_chunk)
+      jax.make_jaxpr(A.attack_function("apgd_eot", defense, s))(params, keys, x, y)
+    return counts
+
+  few, many = traces(0), traces(3)
+  assert few == many, (few, many)
+  assert all(1 <= n <= 2 for n in many.values()), many

@@ -236,3 +236,44 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
   assert strip(resumed) == strip(full)
   for name in attacks:
     assert resumed["attacks"][name]["settings"] == full["attacks"][name]["settings"]
+
+
+def test_attacks_run_no_eps_sweep_unless_asked(trained_workdir, tmp_path):
+  from jaxpure.jobs import evaluation
+  config = _tiny_config()
+  quiet = lambda s: None  # noqa: E731
+  plain = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, print_fn=quiet,
+                              output_dir=str(tmp_path / "plain"))
+  assert plain["eps_sweep"] == {}
+  assert not [u for u in plain["timings"] if u.startswith("sweep_")]
+  swept = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, sweep=True,
+                              print_fn=quiet, output_dir=str(tmp_path / "swept"))
+  assert len(swept["eps_sweep"]["pgd_eot_full"]) == len(config.attack.sweep_eps)
+  assert swept["robust_accuracy"] == plain["robust_accuracy"]  # the same attack, reused keys
+
+
+def test_sigterm_during_evaluation_says_how_to_resume(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  proc = subprocess.Popen([sys.executable, "evaluate.py", "--config", SMOKE, "--workdir",
+                           str(workdir), "--output", str(tmp_path / "eval"), "--attacks",
+                           "pgd_eot_full"], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (tmp_path / "eval" / "batches").exists():
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert "interrupted by SIGTERM" in err and "run the same command again to resume" in err
+  assert "Traceback" not in err
+
+
+def test_workdir_trained_with_another_optimizer_still_evaluates(trained_workdir, tmp_path):
+  from jaxpure.jobs import evaluation
+  config = _tiny_config()
+  config.classifier.update(optimizer="sgd", weight_decay=0.1, grad_clip=1.0, lr=0.5)
+  config.score.update(grad_clip=0.0, weight_decay=0.01, beta1=0.5)
+  report = evaluation.evaluate(config, str(trained_workdir[0]), [], 8,
+                               print_fn=lambda s: None, output_dir=str(tmp_path / "eval"))
+  assert report["num_examples"] == 8 and 0 <= report["clean_accuracy"] <= 1

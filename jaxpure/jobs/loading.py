@@ -34,9 +34,12 @@ class LoadedModel:
 
 
 def fingerprint(variables) -> str:
-  """SHA-256 over the leaves' paths, dtypes, shapes and bytes (host copies)."""
+  """SHA-256 over the leaves' paths, dtypes, shapes and bytes (host copies; a replicated array
+  of a multi-process run is read from a local replica)."""
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = leaf.addressable_data(0)  # replicated: every process holds the whole array
     value = np.asarray(jax.device_get(leaf))
     digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
     digest.update(np.ascontiguousarray(value).tobytes())
@@ -69,8 +72,8 @@ def load_model(spec: model_specs.ModelSpec, config, workdir: str, mesh, *,
     variables, metadata, step = checkpoint.restore_variables(
         directory, spec.identity(config), sharding, step)
   except CheckpointDamagedError as e:
-    raise CheckpointDamagedError(f"{e}; {_older_advice(spec, config, directory, e.step, sharding)}",
-                                 path=e.path, step=e.step) from e
+    advice = _older_advice(spec, config, directory, e.step, sharding)
+    raise CheckpointDamagedError(f"{e}; {advice}", path=e.path, step=e.step) from e
   except (ValueError, KeyError, TypeError) as e:
     raise CheckpointMismatchError(
         f"checkpoint in {directory} does not fit the model in the config: "
@@ -87,7 +90,8 @@ def _older_advice(spec, config, directory: str, damaged_step: int, sharding) -> 
     except (CheckpointDamagedError, CheckpointMismatchError, ValueError, KeyError, TypeError):
       continue
     return (f"the older kept checkpoint at step {step} restores: evaluate it with "
-            f"--checkpoint_step {spec.kind}={step}")
+            f"--checkpoint_step {spec.kind}={step} (train.py --models {spec.kind} continues "
+            "training from it)")
   if older:
     return (f"the older kept checkpoints (steps {', '.join(map(str, older))}) do not restore "
             "either; retrain this model")

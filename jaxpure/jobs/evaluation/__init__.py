@@ -74,13 +74,14 @@ def _cost(defense: Defense) -> dict:
 def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
              num_examples: int | None = None, *, sweep: bool = False, mesh=None, print_fn=print,
              after_batch: Callable[[str, int], None] = lambda unit, batch: None,
-             output_dir: str | None = None) -> dict:
+             output_dir: str | None = None, checkpoint_steps: dict | None = None) -> dict:
   """Runs the evaluation, writes OUTPUT/report.json and the PNGs (OUTPUT: WORKDIR/eval by
   default); returns the report.
 
   attack_names: the attacks to run (the blind baseline comes with any); sweep: also run the eps
   sweep of config.attack.sweep_attack and the baseline (the gradient-masking check).
   Each attacked point is scored by config.eval.scoring_runs independent runs of the defense.
+  checkpoint_steps: {kind: step} to evaluate an older kept checkpoint (default the latest).
   """
   defense = make_defense(config)
   attack_names = list(dict.fromkeys(attack_names))
@@ -99,7 +100,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
         sweep_settings(config, name, eps)  # validates
   test_split = data.open_split(config.data.name, "test", config.data.data_dir)
   mesh = parallel.make_mesh() if mesh is None else mesh
-  loaded = loading.load_defense_models(config, workdir, mesh)
+  loaded = loading.load_defense_models(config, workdir, mesh, steps=checkpoint_steps)
   out_dir = os.path.abspath(output_dir or os.path.join(workdir, "eval"))
   try:
     os.makedirs(out_dir, exist_ok=True)

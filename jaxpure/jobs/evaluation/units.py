@@ -116,8 +116,9 @@ class Runner:
     stored_count = self.store.open_unit(unit.name, dict(self.shared, batch_size=bs,
                                                         **unit.signature), self.is_writer)
     if stored_count:
-      self.print_fn(f"[eval] {unit.name}: reusing {min(stored_count, num_batches)} of "
-                    f"{num_batches} stored batches")
+      self.print_fn(f"[eval] {unit.name}: found {min(stored_count, num_batches)} of "
+                    f"{num_batches} batches stored by an earlier run of the same networks "
+                    "and settings")
     compile_key = unit.compile_key or unit.name
     compiled, compile_s, run_s, done, results, reused = None, 0.0, 0.0, 0, [], 0
     for i, batch in enumerate(it):
@@ -152,6 +153,9 @@ class Runner:
                       f"ETA {training.format_duration(eta)}")
         self.after_batch(unit.name, i)
       results.append(stored)
+    if reused:
+      self.print_fn(f"[eval] {unit.name}: reused {reused} stored batches, computed "
+                    f"{num_batches - reused}")
     total_s = float(sum(float(r["seconds"]) for r in results))
     self.timings[unit.name] = {"compile_seconds_this_run": compile_s, "seconds": total_s,
                                "images_per_second": self.n / total_s if total_s else None,

@@ -1,0 +1,380 @@
+"""Attack throughput: the exact EOT gradient of the defense loss, jaxpure against PyTorch autograd.
+
+  pip install -e ".[bench]"
+  python benchmarks/bench_attack.py --quick                        # digits nets, minutes
+  python benchmarks/bench_attack.py --quick --workdir runs/digits  # trained networks
+  python benchmarks/bench_attack.py --device gpu                   # CIFAR-10 size
+  python benchmarks/bench_attack.py --batch 2 --n_eot 1           # CIFAR-10 size, cut down
+
+The gradient is what every exact-gradient attack step computes (`pgd_eot_full`, `apgd_eot`):
+per example the cross-entropy of the classifier averaged over n EOT purifications (ADP with
+the config's settings), differentiated with respect to the input through the whole purifier
+(noise, every step, the adaptive step size, the clipping). In one process, on the same
+weights, batch, labels and EOT noise, it times
+- `jaxpure`: `jaxpure.attacks.eot.exact_eot_gradient` on the config's defense, jitted (the
+  purifier's steps one `lax.scan`, each step `jax.checkpoint`ed when the config's `remat`);
+  compile time reported apart;
+- `pytorch_autograd`: `torch_reference.exact_eot_gradient`: autograd through the Python loop
+  of T steps, every activation kept (Croce et al. 2022's way of attacking purifiers);
+- `pytorch_autograd_checkpoint`: the same with each step a `torch.utils.checkpoint` (the
+  memory of the iterates only, each step recomputed in the backward pass).
+The PyTorch networks carry the Flax parameters (`torch_reference.net_from_flax`,
+`classifier_from_flax`) and start from the very noise jaxpure draws from its keys.
+
+Agreement, checked before any timing (exit 1 if it fails): on the first --check_batch images,
+in float64, both PyTorch gradients must equal jaxpure's to --tolerance relative to the
+largest |gradient| entry (measured ~1e-13), and the noisy starts to 0. float64 because ADP's
+step size is a finite difference (see bench_purify.py); the float32 differences on the timed
+batch are printed as information.
+
+Timing: an untimed warm-up round, then --repeats rounds in which the three implementations
+take turns (the order rotates every round); seconds per gradient of the batch are medians.
+Every ratio is computed pair by pair within a round (pytorch seconds / jaxpure seconds, so
+above 1 means jaxpure is faster) and printed as the median with its min-max over the rounds.
+torch uses torch.set_num_threads(<CPUs available>); XLA sizes its own pool.
+
+Modes: --quick: configs/digits.py (8x8x1 NCSNv2 ngf 8, small CNN), B = the config's attack
+batch (128), n = its apgd_eot EOT (2). Default: configs/cifar10.py (32x32x3, ngf 128, WRN-28-10),
+B = 16, n = 2, for a GPU; cut it down on a CPU with --batch/--n_eot/--max_iter. Without
+--workdir the networks have jaxpure's random initialisation: fine for timing (how many
+examples stop early depends on the weights, but both sides run all T steps). Bad input prints
+one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import fail  # noqa: E402
+
+IMPLEMENTATIONS = ("jaxpure", "pytorch_autograd", "pytorch_autograd_checkpoint")
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    fail(f"{message} (see --help)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = _Parser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--quick", action="store_true",
+                 help="digits nets (8x8x1, ngf 8, small CNN): minutes on 2 CPU cores")
+  p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "cuda"),
+                 help="cpu (default) or gpu (= cuda) for both JAX and PyTorch")
+  p.add_argument("--config", default=None,
+                 help="config file (default configs/digits.py with --quick, else cifar10.py)")
+  p.add_argument("--workdir", default=None,
+                 help="trained run whose score network and classifier to load "
+                      "(default: random init)")
+  p.add_argument("--batch", type=int, default=None,
+                 help="B (default: the config's attack batch with --quick, else 16)")
+  p.add_argument("--n_eot", type=int, default=None,
+                 help="EOT purifications per gradient (default: the config's apgd_eot n_eot)")
+  p.add_argument("--max_iter", type=int, default=None, help="ADP's T (default: the config's)")
+  p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5 quick, 3 full)")
+  p.add_argument("--tolerance", type=float, default=1e-8,
+                 help="largest float64 gradient difference allowed, relative to max |gradient|")
+  p.add_argument("--check_batch", type=int, default=8,
+                 help="images in the float64 agreement check (default 8)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
+  args = p.parse_args(argv)
+  for name in ("batch", "n_eot", "max_iter", "repeats", "check_batch"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      fail(f"--{name}={value}; expected >= 1")
+  if not args.tolerance > 0:
+    fail(f"--tolerance={args.tolerance}; expected > 0")
+  return args
+
+
+# ----------------------------------------------------------------------------- set-up
+def network_variables(config, workdir: str | None, seed: int, device) -> tuple[dict, str]:
+  """({"score": variables, "classifier": variables} on `device`, a description): the latest
+  checkpoints of WORKDIR (jaxpure's loader), or jaxpure's random initialisation."""
+  import jax
+  import jax.numpy as jnp
+  from jaxpure import model_specs, parallel
+  from jaxpure.errors import UserInputError
+  from jaxpure.jobs import loading
+  out, what = {}, []
+  mesh = parallel.make_mesh([device])
+  x1 = jnp.zeros((1,) + model_specs.image_shape(config), jnp.float32)
+  for i, kind in enumerate(model_specs.KINDS):
+    spec = model_specs.SPECS[kind]
+    module = spec.build(config)
+    try:
+      found = (loading.load_model(spec, config, workdir, mesh, required=False)
+               if workdir is not None else None)
+    except UserInputError as e:
+      fail(" ".join(str(e).split()))
+    if workdir is not None and found is None:
+      fail(f"--workdir {workdir}: no {kind} checkpoint under {loading.model_dir(workdir, kind)}")
+    if found is not None:
+      out[kind] = dict(found.variables)
+      what.append(f"{kind}: trained, step {found.step}")
+    else:
+      out[kind] = dict(jax.jit(lambda k, x, spec=spec, module=module: spec.init(module, k, x))(
+          jax.random.key(seed + i), x1))
+      what.append(f"{kind}: random initialisation")
+  return jax.device_put(out, device), "; ".join(what)
+
+
+def eot_noise(keys, x, n: int, sigma_n: float):
+  """[n, B, H, W, C]: the randomising noise jaxpure's ADP draws for EOT sample i of example b
+  (restart key i of b, split, first half: `jaxpure.purifiers.adp.purify_chain`)."""
+  import jax
+  from jaxpure.purifiers import common as pc
+  rkeys = pc.restart_keys(keys, n)  # [n, B]
+  return jax.vmap(lambda ks: sigma_n * pc.normal_like(
+      jax.vmap(lambda k: jax.random.split(k)[0])(ks), x))(rkeys)
+
+
+def torch_networks(variables, config, device: str, dtype):
+  import jax
+  from benchmarks import torch_reference as tr
+  from jaxpure import model_specs, models
+  score = models.fields(model_specs.SCORE.build(config))
+  net = tr.net_from_flax(jax.device_get(variables["score"]["params"]), score["ngf"],
+                         score["channels"], score.get("pool", "max"))
+  clf_module = model_specs.CLASSIFIER.build(config)
+  clf = tr.classifier_from_flax(jax.device_get(variables["classifier"]), config.classifier.model,
+                                models.fields(clf_module), model_specs.image_shape(config))
+  return net.to(device=device, dtype=dtype), clf.to(device=device, dtype=dtype)
+
+
+def torch_gradients(nets, settings, x, y, noise, device: str) -> dict:
+  """{name: () -> (loss, gradient)} of the two PyTorch variants on NHWC arrays x, noise."""
+  import numpy as np
+  import torch
+  from benchmarks import torch_reference as tr
+  from benchmarks.bench_purify import to_torch
+  net, clf = nets
+  s = tr.AdpSettings.like(settings)
+  x_t, noise_t = to_torch(x, device), to_torch(noise, device)
+  y_t = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
+  return {name: (lambda ckpt=ckpt: tr.exact_eot_gradient(net, clf, x_t, y_t, noise_t, s, ckpt))
+          for name, ckpt in (("pytorch_autograd", False), ("pytorch_autograd_checkpoint", True))}
+
+
+def check_agreement_float64(config, defense, variables, x_np, y_np, seed: int, n_eot: int,
+                            n: int, device: str) -> dict:
+  """{name: max |g_jaxpure - g_name| / max |g_jaxpure|} in float64 on the first n examples,
+  plus "noisy_start": max |jaxpure's x0 - clip(x + noise, 0, 1)| (the noise handed to torch)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from benchmarks.bench_purify import to_nhwc
+  from jaxpure.attacks import eot
+  from jaxpure.purifiers import common as pc
+  with jax.enable_x64(True):
+    v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    x = jnp.asarray(x_np[:n], jnp.float64)
+    y = jnp.asarray(y_np[:n])
+    keys = pc.example_keys(jax.random.key(seed), jnp.arange(n))
+    est = jax.jit(eot.exact_eot_gradient(defense, "ce", n_eot))
+    loss_j, g_j = (np.asarray(a) for a in est(v64, keys, x, y))
+    noise = np.asarray(eot_noise(keys, x, n_eot, defense.settings.sigma_n))
+    _, trace = jax.jit(lambda v, x, k: defense.purify(v, x, k, n_eot))(v64, x, keys)
+    start_diff = float(np.max(np.abs(np.asarray(trace["iterates"][:, 0])
+                                     - np.clip(np.asarray(x)[None] + noise, 0, 1))))
+  nets = torch_networks(variables, config, device, torch.float64)
+  out = {"noisy_start": start_diff}
+  scale = max(float(np.max(np.abs(g_j))), 1e-300)
+  for name, fn in torch_gradients(nets, defense.settings, np.asarray(x), y_np[:n], noise,
+                                  device).items():
+    loss_t, g_t = fn()
+    out[name] = float(np.max(np.abs(g_j - to_nhwc(g_t)))) / scale
+    out[f"{name}_loss"] = float(np.max(np.abs(loss_j - loss_t.cpu().numpy())))
+  out["max_abs_gradient"] = scale
+  return out
+
+
+def timed(fn, sync) -> float:
+  start = time.perf_counter()
+  sync(fn())
+  return time.perf_counter() - start
+
+
+def spread(values) -> dict:
+  return {"median": statistics.median(values), "min": min(values), "max": max(values),
+          "pairs": len(values)}
+
+
+# ----------------------------------------------------------------------------- the run
+def run_benchmark(args) -> dict:
+  import flax
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+
+  from benchmarks.bench_purify import load_config, select_devices, test_images, to_nhwc
+  from jaxpure import config_checks, model_specs
+  from jaxpure.attacks import eot
+  from jaxpure.errors import UserInputError
+  from jaxpure.jobs import evaluation
+  from jaxpure.purifiers import common as pc
+
+  wall_start = time.perf_counter()
+  jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  torch.set_num_threads(threads)
+
+  config_path = args.config or os.path.join(
+      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
+  config = load_config(config_path)
+  if args.max_iter is not None:
+    config.purifiers.adp.max_iter = args.max_iter
+  if config.score.head != "score" or config.score.model != "ncsnv2":
+    fail(f"config.score: model {config.score.model!r}, head {config.score.head!r}: the PyTorch "
+         "reference implements the NCSNv2 'score' head only")
+  if config.classifier.model not in ("small_cnn", "wrn"):
+    fail(f"config.classifier.model={config.classifier.model!r}: the PyTorch reference has "
+         "small_cnn and wrn")
+  try:
+    settings = config_checks.check_defense(config)
+    defense = evaluation.make_defense(config)
+  except UserInputError as e:
+    fail(" ".join(str(e).split()))
+  if (config.defense.purifier != "adp" or settings.method != "adp"
+      or settings.noise != "gaussian"):
+    fail(f"defense.purifier={config.defense.purifier!r}, method="
+         f"{getattr(settings, 'method', None)!r}, noise={getattr(settings, 'noise', None)!r}: "
+         "the benchmark differentiates ADP with Gaussian noise ('adp', 'adp', 'gaussian')")
+  batch = args.batch or (config.attack.batch_size if args.quick else 16)
+  n_eot = args.n_eot or config.attack.apgd_eot.n_eot
+  repeats = args.repeats or (5 if args.quick else 3)
+  check_n = min(args.check_batch, batch)
+  shape = model_specs.image_shape(config)
+
+  report = {"mode": "quick" if args.quick else "full", "config": os.path.relpath(config_path),
+            "device": {"requested": args.device, "jax": str(jax_device),
+                       "jax_kind": jax_device.device_kind, "torch": torch_device,
+                       "cpu": common.cpu_model(), "cpu_threads": threads},
+            "versions": {k: v for k, v in common.describe(jax_device).items()
+                         if k in ("python", "jax", "flax", "torch")},
+            "batch": batch, "n_eot": n_eot, "image_shape": list(shape), "repeats": repeats,
+            "score_ngf": config.score.ngf, "classifier": config.classifier.model,
+            "settings": dataclasses.asdict(settings)}
+  print(f"device: jax {jax_device} ({jax_device.device_kind}), torch {torch_device}; "
+        f"{common.cpu_model()}, {threads} CPU threads (torch.set_num_threads({threads}); "
+        "XLA sizes its own pool)")
+  print(f"versions: python {report['versions']['python']}, jax {jax.__version__}, "
+        f"flax {flax.__version__}, torch {torch.__version__}")
+  print(f"mode: {report['mode']} ({report['config']}): gradient of the mean cross-entropy over "
+        f"n={n_eot} EOT purifications, x [B={batch}, {shape[0]}, {shape[1]}, {shape[2]}], "
+        f"NCSNv2 ngf {config.score.ngf}, classifier {config.classifier.model}, ADP "
+        f"T={settings.max_iter} (2 network evaluations per step), remat {settings.remat}; "
+        f"median seconds per gradient of the batch over {repeats} rounds after a warm-up")
+
+  with jax.default_device(jax_device):
+    variables, weights = network_variables(config, args.workdir, args.seed, jax_device)
+    x_np, inputs = test_images(config, batch, args.seed)
+    y_np = np.random.default_rng(args.seed + 1).integers(0, config.data.num_classes, batch)
+    report.update(weights=weights, inputs=inputs + "; random labels")
+    print(f"weights: {weights}; inputs: {inputs}, random labels")
+
+    # ---- agreement, in float64, before any timing
+    agree = check_agreement_float64(config, defense, variables, x_np, y_np, args.seed, n_eot,
+                                    check_n, torch_device)
+    report["agreement_float64"] = dict(agree, images=check_n, tolerance=args.tolerance)
+    print(f"agreement check (float64, {check_n} images, n={n_eot}): noisy starts max |diff| = "
+          f"{agree['noisy_start']:.1e}; max |gradient| = {agree['max_abs_gradient']:.2e}")
+    for name in IMPLEMENTATIONS[1:]:
+      print(f"  max |g_jaxpure - g_{name}| / max |g| = {agree[name]:.2e} "
+            f"(loss max |diff| {agree[name + '_loss']:.1e})")
+    bad = [n for n in IMPLEMENTATIONS[1:] if not agree[n] <= args.tolerance]
+    if agree["noisy_start"] != 0.0 or bad:
+      fail("gradients disagree in float64: " + ", ".join(
+          [f"{n} ({agree[n]:.3e} > {args.tolerance:g})" for n in bad]
+          + ([f"noisy starts differ by {agree['noisy_start']:.3e}"]
+             if agree["noisy_start"] != 0.0 else [])), code=1)
+
+    # ---- float32, the timed batch
+    x = jax.device_put(jnp.asarray(x_np), jax_device)
+    y = jax.device_put(jnp.asarray(y_np), jax_device)
+    keys = pc.example_keys(jax.random.key(args.seed), jnp.arange(batch))
+    noise = np.asarray(eot_noise(keys, x, n_eot, settings.sigma_n))
+    est = jax.jit(eot.exact_eot_gradient(defense, "ce", n_eot))
+    compile_start = time.perf_counter()
+    compiled = est.lower(variables, keys, x, y).compile()
+    report["jaxpure_compile_s"] = time.perf_counter() - compile_start
+    print(f"jaxpure compile: {report['jaxpure_compile_s']:.1f} s")
+    run_jax = lambda: compiled(variables, keys, x, y)  # noqa: E731
+    g_jax = np.asarray(run_jax()[1])
+
+  nets = torch_networks(variables, config, torch_device, torch.float32)
+  torch_fns = torch_gradients(nets, settings, x_np, y_np, noise, torch_device)
+  sync_torch = ((lambda out: torch.cuda.synchronize()) if torch_device == "cuda"
+                else (lambda out: None))
+  runs = {"jaxpure": (run_jax, lambda out: jax.block_until_ready(out))}
+  info = {}
+  for name, fn in torch_fns.items():
+    runs[name] = (fn, sync_torch)
+    g = to_nhwc(fn()[1])
+    cos = float(np.sum(g * g_jax) / max(np.linalg.norm(g) * np.linalg.norm(g_jax), 1e-30))
+    info[name] = {"max_abs_diff": float(np.max(np.abs(g - g_jax))), "cosine": cos}
+  report["float32_gradient_diff_not_checked"] = info
+  print("float32 on the timed batch (information, not a check): " + ", ".join(
+      f"{k}: max |diff| {v['max_abs_diff']:.1e}, cosine {v['cosine']:.6f}"
+      for k, v in info.items()))
+
+  # ---- timing: a warm-up round, then rounds in which the implementations take turns
+  names = list(runs)
+  seconds = {name: [] for name in names}
+  for i in range(repeats + 1):
+    order = names[i % len(names):] + names[:i % len(names)]
+    took = {name: timed(*runs[name]) for name in order}
+    print(f"{'warm-up' if i == 0 else f'round {i}/{repeats}'}: "
+          + ", ".join(f"{name} {took[name]:.3f} s" for name in order), flush=True)
+    if i:
+      for name, t in took.items():
+        seconds[name].append(t)
+  median = {name: statistics.median(v) for name, v in seconds.items()}
+  ratios = {f"jaxpure/{name}": spread([t / j for t, j in zip(seconds[name], seconds["jaxpure"])])
+            for name in names[1:]}
+  report.update(seconds=seconds, median_s=median, ratios=ratios,
+                images_per_sec={k: batch / v for k, v in median.items()})
+  for name in names:
+    print(f"{name}: median {median[name]:.3f} s per gradient of {batch} images "
+          f"({batch / median[name]:.1f} images/s; min {min(seconds[name]):.3f} s, "
+          f"max {max(seconds[name]):.3f} s)")
+  report["total_wall_s"] = time.perf_counter() - wall_start
+  print(f"total wall time: {report['total_wall_s']:.0f} s")
+  for key, r in ratios.items():
+    print(f"ratio {key}: {r['median']:.2f} (min-max over {r['pairs']} pairs: "
+          f"{r['min']:.2f}-{r['max']:.2f})")
+  return report
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    fail('PyTorch is not installed: pip install -e ".[bench]"')
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  from benchmarks.bench_purify import _is_oom
+  try:
+    report = run_benchmark(args)
+  except Exception as e:  # noqa: BLE001
+    if _is_oom(e):
+      fail(f"out of memory: {' '.join(str(e).split())[:300]}; lower --batch or --n_eot")
+    raise
+  common.write_json(args.json, report)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
