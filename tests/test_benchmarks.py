@@ -9,7 +9,8 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPTS = ("bench_train.py", "bench_attack_memory.py", "bench_scan_grad.py")
+SCRIPTS = ("bench_train.py", "bench_attack_memory.py", "bench_scan_grad.py",
+           "bench_attack.py")
 
 
 def _run(script, *args, timeout=600):
@@ -81,3 +82,22 @@ def test_bench_diffpure_memory_grows_far_slower_with_remat(tmp_path):
   grow = {r["remat"]: r["growth_per_step"] for r in rows if r["N"] == 4}
   assert grow[False] > 10 * max(grow[True], 1024), grow
   assert "growth per step (remat)" in out.stdout and "growth per step (no remat)" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_attack_gradients_agree_and_ratios_are_printed(tmp_path):
+  pytest.importorskip("torch")
+  report = tmp_path / "attack.json"
+  out = _run("bench_attack.py", "--quick", "--batch", "4", "--n_eot", "1", "--max_iter", "2",
+             "--repeats", "2", "--check_batch", "2", "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  agree = r["agreement_float64"]
+  assert agree["noisy_start"] == 0.0 and agree["max_abs_gradient"] > 0
+  assert agree["pytorch_autograd"] <= 1e-8 and agree["pytorch_autograd_checkpoint"] <= 1e-8
+  for name in ("pytorch_autograd", "pytorch_autograd_checkpoint"):
+    ratio = r["ratios"][f"jaxpure/{name}"]
+    assert ratio["pairs"] == 2 and 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert f"ratio jaxpure/{name}: {ratio['median']:.2f} (min-max over 2 pairs" in out.stdout
+  assert all(len(v) == 2 and min(v) > 0 for v in r["seconds"].values())
+  assert r["jaxpure_compile_s"] > 0
