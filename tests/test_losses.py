@@ -11,8 +11,9 @@ SHAPE = (5, 4, 4, 2)  # [B, H, W, C]
 D = 4 * 4 * 2
 
 
-def _h_jax(params, x):
-  """A small nonlinear field h(x) = tanh(x W + b) reshaped to x's shape."""
+def _h_jax(params, x, t=None):
+  """A small nonlinear field h(x) = tanh(x W + b) reshaped to x's shape (t, the noise level,
+  unused: an unconditional network)."""
   flat = x.reshape(x.shape[0], -1)
   return jnp.tanh(flat @ params["w"] + params["b"]).reshape(x.shape)
 
@@ -74,9 +75,9 @@ def test_dsm_loss_is_zero_only_for_the_ideal_denoiser_direction():
   x = jnp.zeros(SHAPE)
   sigma = jnp.full((SHAPE[0],), 0.5)
   _, z = losses.sample_dsm_noise(key, SHAPE, 1)
-  oracle = lambda p, xn: -(xn - x) / 0.5
+  oracle = lambda p, xn, t: -(xn - x) / 0.5
   assert float(losses.dsm_loss_given_noise(oracle, None, x, sigma, z)) == pytest.approx(0, abs=1e-10)
-  zero = lambda p, xn: jnp.zeros_like(xn)
+  zero = lambda p, xn, t: jnp.zeros_like(xn)
   want = 0.5 * np.mean(np.sum(np.asarray(z) ** 2, axis=(1, 2, 3)))
   assert float(losses.dsm_loss_given_noise(zero, None, x, sigma, z)) == pytest.approx(want, rel=1e-6)
 
