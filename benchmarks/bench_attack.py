@@ -23,7 +23,7 @@ The PyTorch networks carry the Flax parameters (`torch_reference.net_from_flax`,
 
 Agreement, checked before any timing (exit 1 if it fails): on the first --check_batch images,
 in float64, both PyTorch gradients must equal jaxpure's to --tolerance relative to the
-largest |gradient| entry (measured ~1e-13), and the noisy starts to 0. float64 because ADP's
+largest |gradient| entry (measured ~1e-15), and the noisy starts to 1e-12. float64 because ADP's
 step size is a finite difference (see bench_purify.py); the float32 differences on the timed
 batch are printed as information.
 
@@ -295,11 +295,12 @@ def run_benchmark(args) -> dict:
       print(f"  max |g_jaxpure - g_{name}| / max |g| = {agree[name]:.2e} "
             f"(loss max |diff| {agree[name + '_loss']:.1e})")
     bad = [n for n in IMPLEMENTATIONS[1:] if not agree[n] <= args.tolerance]
-    if agree["noisy_start"] != 0.0 or bad:
+    start_bad = not agree["noisy_start"] <= 1e-12
+    if start_bad or bad:
       fail("gradients disagree in float64: " + ", ".join(
           [f"{n} ({agree[n]:.3e} > {args.tolerance:g})" for n in bad]
           + ([f"noisy starts differ by {agree['noisy_start']:.3e}"]
-             if agree["noisy_start"] != 0.0 else [])), code=1)
+             if start_bad else [])), code=1)
 
     # ---- float32, the timed batch
     x = jax.device_put(jnp.asarray(x_np), jax_device)

@@ -93,7 +93,7 @@ def test_bench_attack_gradients_agree_and_ratios_are_printed(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(report.read_text())
   agree = r["agreement_float64"]
-  assert agree["noisy_start"] == 0.0 and agree["max_abs_gradient"] > 0
+  assert agree["noisy_start"] <= 1e-12 and agree["max_abs_gradient"] > 0
   assert agree["pytorch_autograd"] <= 1e-8 and agree["pytorch_autograd_checkpoint"] <= 1e-8
   for name in ("pytorch_autograd", "pytorch_autograd_checkpoint"):
     ratio = r["ratios"][f"jaxpure/{name}"]

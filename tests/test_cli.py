@@ -202,6 +202,7 @@ def _tiny_config():
   return config
 
 
+@pytest.mark.slow  # four attacks and a sweep: the heaviest default test (CI runs it with -m slow)
 def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
   import shutil
   from jaxpure.jobs import evaluation

@@ -42,8 +42,9 @@ def _run_steps(kind, config, mesh, split, num_steps):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("kind,head", [("score", "score"), ("score", "energy"),
-                                       ("classifier", None)])
+@pytest.mark.parametrize("kind,head", [
+    ("score", "score"), pytest.param("score", "energy", marks=pytest.mark.slow),
+    ("classifier", None)])
 def test_eight_devices_match_one(kind, head, train_split):
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   config = tiny_config(head=head or "score")
