@@ -1,6 +1,6 @@
 """DDPM++ (score_sde's NCSN++ in DiffPure's CIFAR-10 configuration): the Flax module, the
 checkpoint converter against the original PyTorch code's outputs (tests/data, written by
-/work/shared/fixtures/make_ddpmpp_fixture.py), and the converter's strictness."""
+the original code with random weights, in its own checkpoint layout), and the converter's strictness."""
 
 import os
 
