@@ -1,6 +1,6 @@
 """Tests of jaxpure.importers: the imported networks reproduce the original PyTorch code's
-outputs (reference files made by the original code with random weights, tests/data/, see
-the original code with random weights), and the CLI's strictness and checkpoint output.
+outputs (reference files made by the original code with random weights, in tests/data/), and
+the CLI's strictness and checkpoint output.
 
 Reading the .pth/.pt files needs the optional torch extra; those tests are skipped without it.
 """
