@@ -320,16 +320,23 @@ def run_benchmark(args) -> dict:
   sync_torch = ((lambda out: torch.cuda.synchronize()) if torch_device == "cuda"
                 else (lambda out: None))
   runs = {"jaxpure": (run_jax, lambda out: jax.block_until_ready(out))}
-  info = {}
+  # Examples whose gradient is not finite (NaN/inf) are counted and left out of the diffs.
+  finite = lambda g: np.isfinite(g).reshape(len(g), -1).all(-1)  # noqa: E731
+  info = {"jaxpure": {"nonfinite_examples": int(np.sum(~finite(g_jax)))}}
   for name, fn in torch_fns.items():
     runs[name] = (fn, sync_torch)
     g = to_nhwc(fn()[1])
-    cos = float(np.sum(g * g_jax) / max(np.linalg.norm(g) * np.linalg.norm(g_jax), 1e-30))
-    info[name] = {"max_abs_diff": float(np.max(np.abs(g - g_jax))), "cosine": cos}
+    both = finite(g) & finite(g_jax)
+    a, b = g[both], g_jax[both]
+    cos = float(np.sum(a * b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    info[name] = {"nonfinite_examples": int(np.sum(~finite(g))),
+                  "max_abs_diff": float(np.max(np.abs(a - b), initial=0.0)), "cosine": cos}
   report["float32_gradient_diff_not_checked"] = info
-  print("float32 on the timed batch (information, not a check): " + ", ".join(
-      f"{k}: max |diff| {v['max_abs_diff']:.1e}, cosine {v['cosine']:.6f}"
-      for k, v in info.items()))
+  print("float32 on the timed batch (information, not a check; examples with a non-finite "
+        "gradient left out): " + ", ".join(
+            f"{k}: {v['nonfinite_examples']} non-finite"
+            + (f", max |diff| {v['max_abs_diff']:.1e}, cosine {v['cosine']:.6f}"
+               if "cosine" in v else "") for k, v in info.items()))
 
   # ---- timing: a warm-up round, then rounds in which the implementations take turns
   names = list(runs)

@@ -295,8 +295,10 @@ class _Normalize(nn.Module):
 
   def __init__(self, mean: Sequence[float], std: Sequence[float]):
     super().__init__()
-    self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
-    self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+    # float64 buffers: cast to the input's dtype where used, as jaxpure casts the tuples
+    as_buffer = lambda v: torch.tensor(list(v), dtype=torch.float64).view(1, -1, 1, 1)  # noqa: E731
+    self.register_buffer("mean", as_buffer(mean), persistent=False)
+    self.register_buffer("std", as_buffer(std), persistent=False)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

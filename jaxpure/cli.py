@@ -227,9 +227,10 @@ def enable_compilation_cache(min_compile_time_secs: float = 1.0) -> str | None:
   The directory is $JAXPURE_COMPILATION_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR,
   else $XDG_CACHE_HOME/jaxpure/xla (default ~/.cache/jaxpure/xla); JAXPURE_COMPILATION_CACHE
   set to "off" (or "", "0", "none", "false") leaves the cache off. Programs that compile in
-  at least `min_compile_time_secs` are stored. A directory that cannot be created or written
-  is one warning line on stderr, and the run goes on without the cache. Call it before the
-  first compilation. Returns the directory in use, or None.
+  at least `min_compile_time_secs` are stored (JAX's own
+  $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, wins). A directory that cannot be
+  created or written is one warning line on stderr, and the run goes on without the cache.
+  Call it before the first compilation. Returns the directory in use, or None.
 
   The cache is trusted code: point it at a directory only you can write.
   """
@@ -249,5 +250,6 @@ def enable_compilation_cache(min_compile_time_secs: float = 1.0) -> str | None:
           f"{' '.join(str(e).split())}", file=sys.stderr)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
   return path

@@ -33,6 +33,7 @@ print(json.dumps({"path": path, "value": value,
 def _run(env_cache, *args, **env_vars):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, **env_vars)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   if env_cache is None:
     env.pop("JAXPURE_COMPILATION_CACHE", None)
   else:
@@ -74,6 +75,7 @@ def test_unwritable_directory_is_a_warning_not_an_error(tmp_path):
   blocker.write_text("not a directory")
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT,
              JAXPURE_COMPILATION_CACHE=str(blocker / "xla"))
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   r = subprocess.run([sys.executable, "-c", _SCRIPT, "0"], capture_output=True, text=True,
                      env=env, cwd=REPO_ROOT, timeout=120)
   assert r.returncode == 0, r.stderr

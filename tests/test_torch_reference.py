@@ -141,3 +141,28 @@ def test_bench_energy_head_is_refused(tmp_path):
   r = _bench("--quick", "--config", str(config))
   assert r.returncode == 2, r.stderr
   assert "'score' head only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,fields,shape", [
+    ("small_cnn", dict(width=4), (8, 8, 1)),
+    ("wrn", dict(depth=10, width=1, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)), (8, 8, 3))])
+def test_torch_classifier_matches_flax_classifier(name, fields, shape):
+  """The converted classifier gives the Flax logits (float64, eval mode: running BatchNorm
+  statistics moved off their init too)."""
+  module = models.create(name, num_classes=7, **fields)
+  variables = jax.jit(lambda k, x: module.init(k, x, train=False))(
+      jax.random.key(0), jnp.zeros((1,) + shape))
+  rng = np.random.default_rng(1)
+  variables = jax.tree.map(  # float32 values: the state dict holds float32
+      lambda p: (p + 0.05 * rng.normal(size=p.shape)).astype(np.float32),
+      jax.device_get(variables))
+  if "batch_stats" in variables:  # running variances stay positive
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+  x = np.random.default_rng(2).uniform(size=(3,) + shape)
+  with jax.enable_x64(True):
+    want = np.asarray(module.apply(jax.tree.map(lambda p: jnp.asarray(p, jnp.float64),
+                                                variables), jnp.asarray(x), train=False))
+  net = tr.classifier_from_flax(variables, name, models.fields(module), shape).double()
+  with torch.inference_mode():
+    got = net(_nchw(x)).numpy()
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
