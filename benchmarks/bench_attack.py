@@ -367,21 +367,8 @@ def run_benchmark(args) -> dict:
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    fail('PyTorch is not installed: pip install -e ".[bench]"')
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from benchmarks.bench_purify import _is_oom
-  try:
-    report = run_benchmark(args)
-  except Exception as e:  # noqa: BLE001
-    if _is_oom(e):
-      fail(f"out of memory: {' '.join(str(e).split())[:300]}; lower --batch or --n_eot")
-    raise
-  common.write_json(args.json, report)
-  return 0
+  return common.run_against_torch(run_benchmark, parse_args(argv),
+                                  "lower --batch or --n_eot")
 
 
 if __name__ == "__main__":

@@ -195,12 +195,6 @@ def check_memory(shape, batch: int, restarts: int, ngf: int, torch_device: str) 
   return need
 
 
-def _is_oom(e: BaseException) -> bool:
-  text = str(e)
-  return ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-          or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError")
-
-
 # ----------------------------------------------------------------------------- pieces
 def make_defense(config, settings, restarts: int):
   """jaxpure's defense of the config with the ADP family, `settings` and R = restarts."""
@@ -483,21 +477,8 @@ def run_benchmark(args) -> dict:
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    fail('PyTorch is not installed: pip install -e ".[bench]"')
-  # JAX and PyTorch share an accelerator here: JAX must not take 75% of its memory up front.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  try:
-    report = run_benchmark(args)
-  except Exception as e:  # noqa: BLE001
-    if _is_oom(e):
-      fail(f"out of memory: {' '.join(str(e).split())[:300]}; lower --batch or --restarts")
-    raise
-  common.write_json(args.json, report)
-  return 0
+  return common.run_against_torch(run_benchmark, parse_args(argv),
+                                  "lower --batch or --restarts")
 
 
 if __name__ == "__main__":

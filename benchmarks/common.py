@@ -77,3 +77,30 @@ def memory_limit_bytes(device: jax.Device) -> int | None:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError):
     return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+  """Whether an exception from JAX or PyTorch means the device ran out of memory."""
+  text = str(e)
+  return ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+          or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError")
+
+
+def run_against_torch(run_benchmark, args, oom_hint: str) -> int:
+  """The main of a benchmark that times jaxpure against PyTorch: needs torch (one line, exit 2
+  without it), keeps JAX from preallocating the shared accelerator, turns out-of-memory into
+  one line with `oom_hint`, and writes the report to args.json."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    fail('PyTorch is not installed: pip install -e ".[bench]"')
+  # JAX and PyTorch share an accelerator here: JAX must not take 75% of its memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  try:
+    report = run_benchmark(args)
+  except Exception as e:  # noqa: BLE001
+    if is_out_of_memory(e):
+      fail(f"out of memory: {' '.join(str(e).split())[:300]}; {oom_hint}")
+    raise
+  write_json(args.json, report)
+  return 0
