@@ -278,3 +278,16 @@ def test_ensemble_readouts():
 def test_bad_settings_are_refused(kwargs):
   with pytest.raises(ConfigError, match=list(kwargs)[0]):
     S(**kwargs)
+
+
+def test_gradient_is_finite_where_the_curvature_term_is_exactly_zero():
+  # A constant field makes z = <g, g> / <g, g> = 1 exactly: alpha takes alpha_max, and its
+  # gradient must be 0, not 0 * inf = NaN.
+  const = lambda params, x: 0.0 * x + 0.1  # noqa: E731  (constant, but a function of x)
+  s = S(restarts=2, max_iter=3, sigma_n=0.05)
+  x = jnp.full((3, 4, 4, 1), 0.5)
+  keys = _keys(3)
+  out, tr = purify(const, None, x, keys, s, return_trace=True)
+  np.testing.assert_allclose(np.asarray(tr["alpha"]), s.alpha_max)  # the forward fallback
+  g = jax.grad(lambda x: jnp.sum(purify(const, None, x, keys, s)))(x)
+  assert np.all(np.isfinite(np.asarray(g)))

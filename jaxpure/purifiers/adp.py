@@ -81,9 +81,11 @@ def adp_step_size(field, x: jax.Array, g: jax.Array, s: Settings) -> jax.Array:
   z = <g, field(x + delta g)> / <g, g>; field(x) -> [B, H, W, C]."""
   z = common.per_example_dot(g, field(x + s.delta * g)) / jnp.maximum(
       common.per_example_dot(g, g), 1e-30)
-  alpha = s.lam * s.delta / (1.0 - z)
+  curvature = 1.0 - z
+  flat = curvature == 0  # divide by a safe value there, so the gradient is 0, not 0 * inf
+  alpha = s.lam * s.delta / jnp.where(flat, 1.0, curvature)
   # 1 - z <= 0 (no curvature bound) gives alpha <= 0 or inf: both clip to a bound.
-  alpha = jnp.where(jnp.isfinite(alpha), alpha, s.alpha_max)
+  alpha = jnp.where(flat | ~jnp.isfinite(alpha), s.alpha_max, alpha)
   return jnp.clip(alpha, s.alpha_min, s.alpha_max)
 
 
