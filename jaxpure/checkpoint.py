@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -276,9 +277,37 @@ def _damage_error(e: BaseException, where: str, item: str, step: int) -> Checkpo
                                 f"({reason})", path=path, step=step)
 
 
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable exception is a TensorStore read finishing after orbax closed the
+  event loop that waited for it (asyncio's "Event loop is closed" from call_soon_threadsafe)."""
+  e, tb = unraisable.exc_value, unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return (isinstance(e, RuntimeError) and str(e) == "Event loop is closed" and tb is not None
+          and tb.tb_frame.f_code.co_name == "_check_closed")
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """After a failed read, orbax closes its event loop while TensorStore still completes the
+  other reads of the same checkpoint; each then reports "Event loop is closed" (hundreds of
+  tracebacks on stderr around the one-line damage error). Those reports are dropped; every
+  other unraisable exception still goes to the hook that was there before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_jaxpure_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook._jaxpure_quiet = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _damage_as_error(where: str, item: str, step: int):
   """Turns a failure to read checkpoint data into CheckpointDamagedError (see _is_damage)."""
+  _quiet_closed_loop_callbacks()  # before the read: stragglers may report before `except` runs
   try:
     yield
   except (CheckpointDamagedError, CheckpointMismatchError):
