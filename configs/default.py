@@ -122,8 +122,14 @@ def get_config():
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 100
   ev.num_examples = 0  # 0 = the whole test split
+  ev.first_example = 0  # evaluate test examples first_example, first_example + 1, ...
   ev.seed = 1
   ev.scoring_runs = 1  # independent runs of the defense scoring each attacked point
+  # Budget curves (robust accuracy against iterations and EOT samples, with the convergence
+  # check) of this attack on the first budget_examples examples, when it is among --attacks;
+  # 0 examples: none. A fixed-step-size attack (its trajectory gives the iteration curve).
+  ev.budget_attack = "pgd_eot_full"
+  ev.budget_examples = 64
   ev.grid_examples = 8
   ev.grid_restarts = 3
 
@@ -134,6 +140,9 @@ def get_config():
   at.batch_size = 100
   at.seed = 2
   at.eot_chunk = 0  # exact-gradient attacks: EOT samples differentiated at a time (0 = all)
+  # Attacks through the purifier: weight of a DiffAttack-style deviation loss (the distance of
+  # the purification path from the clean input's) added to their loss; 0 = none.
+  at.deviation_weight = 0.0
   at.sweep_attack = "pgd_eot_full"  # the epsilon sweep and gradient-masking check
   at.sweep_eps = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 64 / 255)  # last: very large
   at.sweep_num_steps = 20
@@ -152,4 +161,11 @@ def get_config():
   # AutoAttack's rand version: one APGD-CE and one APGD-DLR run, each from a random start.
   at.apgd_eot.losses = ("ce", "dlr")
   at.apgd_eot.warm_restarts = 0  # further runs per loss from its best point
+  # Forward-only purifications added to each iteration's loss estimate for APGD's decisions
+  # (best point, step halving): they compare means over n_eot + decision_samples samples.
+  at.apgd_eot.decision_samples = 0
+  # Exact gradient of a surrogate process with fewer purifier steps than the defense runs
+  # (Lee & Kim 2023); reported as its own attack, not as the defense's exact gradient.
+  at.pgd_eot_surrogate = attack(200, 2 / 255, 20)
+  at.pgd_eot_surrogate.surrogate_steps = 10
   return config

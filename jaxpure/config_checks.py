@@ -39,11 +39,25 @@ def check_config(config: ml_collections.ConfigDict, reference: ml_collections.Co
     if not 0 <= section.ema_rate < 1:
       raise ConfigError(f"config.{name}.ema_rate={section.ema_rate}; expected in [0, 1)")
   check_defense(config)
+  _check_eval(config.eval)
   if c.optimizer not in ("adam", "sgd"):
     raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected 'adam' or 'sgd'")
   if d.image_size < 1 or d.channels not in (1, 3) or d.num_classes < 2:
     raise ConfigError(f"config.data: image_size={d.image_size}, channels={d.channels}, "
                       f"num_classes={d.num_classes}; expected >= 1, 1 or 3, >= 2")
+
+
+def _check_eval(ev) -> None:
+  from jaxpure import attacks
+  if ev.scoring_runs < 1:
+    raise ConfigError(f"config.eval.scoring_runs={ev.scoring_runs}; expected >= 1")
+  if ev.budget_examples < 0:
+    raise ConfigError(f"config.eval.budget_examples={ev.budget_examples}; expected >= 0 "
+                      "(0: no budget curves)")
+  pgd_type = [n for n in attacks.ATTACKS if n != "apgd_eot" and not attacks.SPECS[n].blind]
+  if ev.budget_examples and ev.budget_attack not in pgd_type:
+    raise ConfigError(f"config.eval.budget_attack={ev.budget_attack!r}; expected one of "
+                      f"{pgd_type} (a fixed-step-size attack on the defense)")
 
 
 def check_defense(config):

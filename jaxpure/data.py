@@ -125,21 +125,25 @@ class TrainBatches:
             "label": _to_global(self.sharding, labels, self.batch_size)}
 
 
-def eval_batches(source, batch_size: int, mesh, num_examples: int | None = None):
-  """Yields the first `num_examples` examples in order, as fixed-shape sharded batches.
+def eval_batches(source, batch_size: int, mesh, num_examples: int | None = None,
+                 first: int = 0):
+  """Yields `num_examples` examples in order from index `first` (default: all from there), as
+  fixed-shape sharded batches.
 
   Yields dicts {"image": [B, H, W, C] float32 in [0, 1], "label": [B] int32,
-  "mask": [B] bool, "index": [B] int32 example index in the split}; the last batch is padded (mask False) so one compiled shape serves all.
+  "mask": [B] bool, "index": [B] int32 example index in the split}; the last batch is padded
+  (mask False) so one compiled shape serves all.
   `batch_size` is rounded up to a multiple of the device count.
   """
   batch_size = parallel.round_up_to_devices(batch_size, mesh)
-  total = len(source) if num_examples is None else min(num_examples, len(source))
+  left = max(0, len(source) - first)
+  total = left if num_examples is None else min(num_examples, left)
   sharding = parallel.batch_sharding(mesh)
   sl = _process_slice(batch_size)
   for start in range(0, total, batch_size):
     idx = np.arange(start, start + batch_size)
     mask = idx < total
-    idx = np.where(mask, idx, 0)
+    idx = np.where(mask, idx + first, first)
     images, labels = read_examples(source, idx[sl])
     yield {"image": _to_global(sharding, images, batch_size),
            "label": _to_global(sharding, labels, batch_size),
@@ -147,7 +151,10 @@ def eval_batches(source, batch_size: int, mesh, num_examples: int | None = None)
            "index": _to_global(sharding, idx[sl].astype(np.int32), batch_size)}
 
 
-def read_all(source, num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The first `num_examples` examples on the host: (float32 [n, H, W, C] in [0, 1], int32 [n])."""
-  total = len(source) if num_examples is None else min(num_examples, len(source))
-  return read_examples(source, np.arange(total))
+def read_all(source, num_examples: int | None = None,
+             first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """`num_examples` examples from index `first` (default: all from there) on the host:
+  (float32 [n, H, W, C] in [0, 1], int32 [n])."""
+  left = max(0, len(source) - first)
+  total = left if num_examples is None else min(num_examples, left)
+  return read_examples(source, first + np.arange(total))

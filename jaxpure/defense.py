@@ -46,6 +46,17 @@ class Defense:
       from jaxpure.errors import ConfigError
       raise ConfigError(f"restarts={self.restarts} (expected >= 1)")
 
+  def with_steps(self, steps: int) -> "Defense":
+    """The same defense with `steps` purifier steps (the family's STEPS_FIELD): the surrogate
+    process of an attack that differentiates fewer steps than the defense runs."""
+    field = getattr(self.family, "STEPS_FIELD", None)
+    if field is None:
+      from jaxpure.errors import ConfigError
+      raise ConfigError(f"purifier {self.family.NAME!r} names no STEPS_FIELD: it has no "
+                        "surrogate process with fewer steps")
+    return dataclasses.replace(self, settings=dataclasses.replace(self.settings,
+                                                                  **{field: steps}))
+
   def purify(self, params, x, keys, n: int):
     """n purifications of x [B, H, W, C] from per-example keys [B]:
     ([n, B, H, W, C] in [0, 1], the family's trace with a leading n axis)."""

@@ -116,3 +116,39 @@ def eps_sweep_figure(sweep: dict, robust: dict, eps: float, undefended: float,
   ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
   fig.tight_layout()
   return fig
+
+
+def plot_budget_curves(path: str, budget: dict) -> str:
+  """Two panels: robust accuracy of report["budget_curves"]["attack"] against its number of
+  steps and against its EOT samples (log2 x axes, one standard error as bars), each titled
+  with its convergence verdict."""
+  plt = _pyplot()
+  from matplotlib import ticker
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+  reasons = " ".join(budget["not_converged_reasons"])
+  for ax, key, rows in ((axes[0], "num_steps", budget["by_num_steps"]),
+                        (axes[1], "n_eot", budget["by_n_eot"])):
+    x = [r[key] for r in rows]
+    ax.errorbar(x, [r["accuracy"] for r in rows], yerr=[r["standard_error"] for r in rows],
+                fmt="-o", capsize=3, color="tab:blue")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(ticker.FixedLocator(x))
+    ax.xaxis.set_major_formatter(ticker.FixedFormatter([str(v) for v in x]))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlim(min(x) / 1.4, max(x) * 1.4)
+    ax.set_xlabel({"num_steps": "attack steps", "n_eot": "EOT samples per gradient"}[key])
+    ax.grid(True, axis="y", color="0.92")
+    verdict = "still falling" if f"against {key}:" in reasons else "converged"
+    other = ("n_eot", budget["settings"]["n_eot"]) if key == "num_steps" else (
+        "num_steps", budget["settings"]["num_steps"])
+    ax.set_title(f"{verdict} over the last doubling (at {other[0]} = {other[1]})",
+                 fontsize=10)
+  axes[0].set_ylabel("robust accuracy (+- 1 s.e.)")
+  axes[0].set_ylim(-0.04, 1.04)
+  fig.suptitle(f"{budget['attack']}: robust accuracy vs attack budget "
+               f"({budget['num_examples']} examples)", fontsize=11)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

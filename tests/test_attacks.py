@@ -1,6 +1,7 @@
 """Attacks: exact gradients through the purifier, remat, memory, balls, strength, BPDA."""
 
 
+import dataclasses
 import re
 
 import jax
@@ -135,7 +136,8 @@ def test_attacks_stay_in_the_ball_and_the_box(name, norm, eps):
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.uniform(0, 1, size=(6, 4, 4, 1)), jnp.float32)  # pixels near 0 and 1
   y = jnp.asarray(rng.integers(0, K, size=6))
-  s = A.AttackSettings(norm=norm, eps=eps, step_size=eps / 2, num_steps=4, n_eot=2)
+  s = A.AttackSettings(norm=norm, eps=eps, step_size=eps / 2, num_steps=4, n_eot=2,
+                       surrogate_steps=2)
   x_adv = np.asarray(A.make_attack(name, tiny_defense(), s)(params, jax.random.key(0), x, y))
   assert x_adv.min() >= 0 and x_adv.max() <= 1
   delta = (x_adv - np.asarray(x)).reshape(6, -1)
@@ -238,6 +240,7 @@ def digits_classifier(tmp_path_factory):
   return config, variables, jnp.asarray(x), jnp.asarray(y)
 
 
+@pytest.mark.slow  # trains the digits classifier, then 40-step attacks on 256 digits
 def test_pgd_and_apgd_break_an_undefended_digits_classifier(digits_classifier):
   config, variables, x, y = digits_classifier
   logits_fn = model_specs.logits_fn(config)
@@ -296,3 +299,105 @@ def test_apgd_eot_traces_each_loss_gradient_a_fixed_number_of_times(monkeypatch,
   few, many = traces(0), traces(3)
   assert few == many, (few, many)
   assert all(1 <= n <= 2 for n in many.values()), many
+
+
+def test_a_recorded_trajectory_point_is_the_shorter_attack():
+  """pgd(record=ks) returns, for each k, exactly what a k-step run with the same keys does:
+  the budget curves' iteration axis costs one run."""
+  params, defense = tiny_params(), tiny_defense()
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(3), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, step_size=0.03, num_steps=6, n_eot=2)
+  points = A.attack_trajectory("pgd_eot_full", defense, s, (1, 3, 6))(params, keys, x, y)
+  assert points.shape == (3,) + SHAPE
+  for k, point in zip((1, 3, 6), points):
+    short = A.attack_function("pgd_eot_full", defense, A.AttackSettings(
+        eps=0.1, step_size=0.03, num_steps=k, n_eot=2))(params, keys, x, y)
+    np.testing.assert_array_equal(np.asarray(point), np.asarray(short))
+  assert not np.array_equal(np.asarray(points[0]), np.asarray(points[2]))
+  with pytest.raises(ConfigError, match="budget"):
+    A.attack_trajectory("apgd_eot", defense, s, (1, 6))
+  with pytest.raises(ValueError, match="record"):
+    A.attack_trajectory("pgd_eot_full", defense, s, (0, 6))(params, keys, x, y)
+
+
+def test_apgd_decision_samples_pick_the_true_best_point_more_often():
+  """A toy objective with additive noise of known variance: loss -(x - c)^2 + sigma z / sqrt(n)
+  for an estimate from n samples, exact gradient. Among the points each run visited, the one
+  it returns is the truly best one more often, and its shortfall from the truly best one
+  (regret) is smaller, with 15 forward-only decision samples than with single-sample
+  decisions."""
+  b, sigma = 512, 0.005
+  rng = np.random.default_rng(0)
+  x = jnp.full((b, 1, 1, 1), 0.5, jnp.float32)
+  c = jnp.asarray(rng.uniform(0.25, 0.75, size=(b, 1, 1, 1)), jnp.float32)
+  y = jnp.zeros((b,), jnp.int32)
+  true = lambda x_at: -jnp.sum((x_at - c) ** 2, axis=(1, 2, 3))  # noqa: E731
+
+  def noisy(n):
+    def loss(params, keys, x_at, y):
+      z = jax.vmap(lambda k: jax.random.normal(k, ()))(keys)
+      return true(x_at) + sigma * z / np.sqrt(n)
+    return loss
+
+  keys = example_keys(jax.random.key(0), jnp.arange(b))
+
+  def run(m):
+    visited = []
+
+    def estimator(params, keys, x_at, y):
+      jax.debug.callback(lambda v: visited.append(np.asarray(v)), true(x_at))
+      return noisy(1)(params, keys, x_at, y), -2 * (x_at - c)
+    s = A.AttackSettings(eps=0.3, num_steps=30, n_eot=1, decision_samples=m)
+    chosen = np.asarray(true(apgd_lib.apgd(estimator, {}, keys, x, y, s,
+                                           judge=noisy(m) if m else None)))
+    regret = np.max(np.stack(visited), axis=0) - chosen
+    assert len(visited) == 31 and np.all(regret >= 0)
+    return float(np.mean(regret < 1e-7)), float(np.mean(regret))
+
+  (best_single, regret_single), (best_judged, regret_judged) = run(0), run(15)
+  assert best_judged > 1.5 * best_single, (best_judged, best_single)
+  assert regret_judged < 0.5 * regret_single, (regret_judged, regret_single)
+
+
+def test_surrogate_attack_is_the_full_one_at_the_defense_steps_and_shorter_otherwise():
+  params, x, y = tiny_params(), *_inputs()
+  defense = tiny_defense(method="gd", step_size=0.02, max_iter=4)
+  keys = example_keys(jax.random.key(4), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, step_size=0.03, num_steps=3, n_eot=2)
+  full = A.attack_function("pgd_eot_full", defense, s)(params, keys, x, y)
+  same = A.attack_function("pgd_eot_surrogate", defense, dataclasses.replace(
+      s, surrogate_steps=4))(params, keys, x, y)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(full))
+  short = A.attack_function("pgd_eot_surrogate", defense, dataclasses.replace(
+      s, surrogate_steps=1))(params, keys, x, y)
+  assert not np.array_equal(np.asarray(short), np.asarray(full))
+  assert defense.with_steps(1).settings.max_iter == 1 and defense.settings.max_iter == 4
+  with pytest.raises(ConfigError, match="surrogate_steps"):
+    A.attack_function("pgd_eot_surrogate", defense, s)
+
+
+def test_deviation_loss_gradient_matches_float64_finite_differences():
+  """The exact gradient of CE + w * deviation (iterates of x against those of x_clean, same
+  noise) against central differences; at x = x_clean the deviation term is 0."""
+  with jax.enable_x64(True):
+    params = tiny_params(np.float64)
+    defense = tiny_defense(method="gd", step_size=0.02)
+    x_clean, y = _inputs(dtype=np.float64)
+    x = x_clean + 0.03 * jnp.asarray(np.random.default_rng(5).normal(size=SHAPE))
+    keys = example_keys(jax.random.key(0), jnp.arange(SHAPE[0]))
+    est = eot.exact_eot_gradient(defense, "ce", 2, deviation_weight=50.0, x_clean=x_clean)
+    plain = eot.exact_eot_gradient(defense, "ce", 2)
+    np.testing.assert_allclose(np.asarray(est(params, keys, x_clean, y)[0]),
+                               np.asarray(plain(params, keys, x_clean, y)[0]), rtol=1e-12)
+    loss, g = est(params, keys, x, y)
+    assert np.all(np.asarray(loss) > np.asarray(plain(params, keys, x, y)[0]))
+    total = lambda x: float(jnp.sum(est(params, keys, x, y)[0]))  # noqa: E731
+    rng, h = np.random.default_rng(6), 1e-6
+    for _ in range(3):
+      v = jnp.asarray(rng.normal(size=SHAPE))
+      fd = (total(x + h * v) - total(x - h * v)) / (2 * h)
+      np.testing.assert_allclose(float(jnp.sum(g * v)), fd, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(np.asarray(g), np.asarray(plain(params, keys, x, y)[1]), rtol=1e-3)
+  with pytest.raises(ValueError, match="x_clean"):
+    eot.exact_eot_gradient(defense, "ce", 2, deviation_weight=1.0)

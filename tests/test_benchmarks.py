@@ -28,6 +28,7 @@ def test_a_missing_gpu_is_one_line_and_exit_2(script):
   assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
 def test_bench_train_reports_measured_throughput(tmp_path):
   report = tmp_path / "train.json"
   out = _run("bench_train.py", "--quick", "--steps", "2", "--json", str(report))
@@ -39,6 +40,7 @@ def test_bench_train_reports_measured_throughput(tmp_path):
   assert f"digits: {r['images_per_second']:.1f} images/s" in out.stdout
 
 
+@pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
 def test_bench_attack_memory_grows_far_slower_with_checkpointing(tmp_path):
   report = tmp_path / "memory.json"
   out = _run("bench_attack_memory.py", "--quick", "--steps", "2,6", "--batch", "8",
@@ -51,6 +53,7 @@ def test_bench_attack_memory_grows_far_slower_with_checkpointing(tmp_path):
   assert "growth per step (checkpoint)" in out.stdout
 
 
+@pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
 def test_bench_scan_grad_times_every_variant_and_checkpointing_saves_memory(tmp_path):
   report = tmp_path / "scan.json"
   out = _run("bench_scan_grad.py", "--quick", "--steps", "3", "--batch", "4", "--repeats", "1",
@@ -64,6 +67,7 @@ def test_bench_scan_grad_times_every_variant_and_checkpointing_saves_memory(tmp_
     assert name in out.stdout
 
 
+@pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
 def test_bench_diffpure_memory_grows_far_slower_with_remat(tmp_path):
   # Tiny nets, compiled in this one process at LLVM optimisation level 0: the buffer sizes
   # come from XLA's HLO passes, which that level does not change, and compiling is ~3x faster.

@@ -126,6 +126,7 @@ def test_unwritable_workdir_is_one_line_error(tmp_path):
   assert_one_line_error(proc, "cannot write to workdir")
 
 
+@pytest.mark.slow  # the library-level NaN test (test_training) stays in the default suite
 def test_nan_loss_is_one_line_error_and_saves_no_non_finite_checkpoint(tmp_path):
   proc = run_train("--config", SMOKE, "--workdir", str(tmp_path),
                    "--models=score", "--config.score.lr=inf")
@@ -147,7 +148,7 @@ def test_evaluate_writes_report_and_pictures(trained_workdir):
   proc = run_evaluate("--config", SMOKE, "--workdir", str(workdir),
                       *EVAL_TINY)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "[eval] clean: batch 2/2" in proc.stdout and "ETA" in proc.stdout
+  assert "[eval] clean: batch 2/2" in proc.stdout and "all units: ETA" in proc.stdout
   report = json.loads((workdir / "eval" / "report.json").read_text())
   assert report["num_examples"] == 20
   for key in ("clean_accuracy", "defended_clean_accuracy", "single_restart_accuracy",
@@ -239,16 +240,26 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
     assert resumed["attacks"][name]["settings"] == full["attacks"][name]["settings"]
 
 
-def test_attacks_run_no_eps_sweep_unless_asked(trained_workdir, tmp_path):
+def _plain_pgd_clf(trained_workdir, tmp_path):
   from jaxpure.jobs import evaluation
-  config = _tiny_config()
-  quiet = lambda s: None  # noqa: E731
-  plain = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, print_fn=quiet,
-                              output_dir=str(tmp_path / "plain"))
+  return evaluation.evaluate(_tiny_config(), str(trained_workdir[0]), ["pgd_clf"], 8,
+                             print_fn=lambda s: None, output_dir=str(tmp_path / "plain"))
+
+
+@pytest.mark.slow  # a whole evaluation with an attack (about 40 s)
+def test_attacks_run_no_eps_sweep_unless_asked(trained_workdir, tmp_path):
+  plain = _plain_pgd_clf(trained_workdir, tmp_path)
   assert plain["eps_sweep"] == {}
   assert not [u for u in plain["timings"] if u.startswith("sweep_")]
+
+
+@pytest.mark.slow  # the sweep compiles the exact-gradient attack
+def test_the_eps_sweep_runs_when_asked_and_reuses_the_attack(trained_workdir, tmp_path):
+  from jaxpure.jobs import evaluation
+  config = _tiny_config()
+  plain = _plain_pgd_clf(trained_workdir, tmp_path)
   swept = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, sweep=True,
-                              print_fn=quiet, output_dir=str(tmp_path / "swept"))
+                              print_fn=lambda s: None, output_dir=str(tmp_path / "swept"))
   assert len(swept["eps_sweep"]["pgd_eot_full"]) == len(config.attack.sweep_eps)
   assert swept["robust_accuracy"] == plain["robust_accuracy"]  # the same attack, reused keys
 

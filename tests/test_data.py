@@ -67,6 +67,24 @@ def test_eval_batches_pad_and_mask(mock_split):
   np.testing.assert_array_equal(labels, want)
 
 
+def test_eval_batches_from_a_first_index_hold_those_examples_and_their_indices(mock_split):
+  source = mock_split("mnist", split="test", n=21)
+  mesh = parallel.make_mesh()
+  got = list(data.eval_batches(source, 10, mesh, 7, first=12))
+  masks = np.concatenate([np.asarray(b["mask"]) for b in got])
+  assert masks.sum() == 7
+  index = np.concatenate([np.asarray(b["index"]) for b in got])[masks]
+  np.testing.assert_array_equal(index, np.arange(12, 19))
+  images = np.concatenate([np.asarray(b["image"]) for b in got])[masks]
+  x, y = data.read_all(source, 7, first=12)
+  np.testing.assert_array_equal(images, x)
+  everything, _ = data.read_all(source)
+  np.testing.assert_array_equal(x, everything[12:19])
+  # capped at the end of the split
+  assert sum(int(np.asarray(b["mask"]).sum()) for b in data.eval_batches(
+      source, 10, mesh, 50, first=15)) == 6
+
+
 def test_batch_size_must_split_over_devices(mock_split):
   source = mock_split("mnist")
   with pytest.raises(ValueError, match="multiple of the number of devices"):

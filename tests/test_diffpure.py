@@ -162,6 +162,7 @@ def _gradient_temp_bytes(num_steps, remat):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow  # compiles the gradient at three step counts, twice
 def test_remat_keeps_gradient_memory_flat_in_reverse_steps():
   with_remat = {n: _gradient_temp_bytes(n, True) for n in (10, 20, 40)}
   without = {n: _gradient_temp_bytes(n, False) for n in (10, 20, 40)}

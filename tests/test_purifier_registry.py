@@ -65,6 +65,7 @@ def test_unknown_family_and_unknown_keys_are_config_errors():
     config_checks.check_config(config, default.get_config())
 
 
+@pytest.mark.slow  # trains the smoke networks, then a whole evaluation with budget curves
 def test_a_registered_toy_purifier_evaluates_end_to_end(workdir, tmp_path):
   purifiers.register(NOISE_ONLY)
   assert "noise_only" in purifiers.names() and "adp" in purifiers.names()
@@ -77,9 +78,19 @@ def test_a_registered_toy_purifier_evaluates_end_to_end(workdir, tmp_path):
   assert report["defended_clean_accuracy"] == report["noise_only_accuracy"]
   assert set(report["robust_accuracy"]) == {"pgd_eot_full"}
   assert 0 <= report["robust_accuracy"]["pgd_eot_full"] <= 1
+  # Budget curves of pgd_eot_full (2 steps x EOT 2 in the smoke config) on all 20 examples:
+  # the full-budget point is the attack's own result (same keys), reached from one trajectory.
+  budget = report["budget_curves"]
+  assert budget["attack"] == "pgd_eot_full" and budget["num_examples"] == 20
+  assert [r["num_steps"] for r in budget["by_num_steps"]] == [1, 2]
+  assert [r["n_eot"] for r in budget["by_n_eot"]] == [1, 2]
+  for curve in ("by_num_steps", "by_n_eot"):
+    assert budget[curve][-1]["accuracy"] == pytest.approx(report["robust_accuracy"][
+        "pgd_eot_full"])
+  assert budget["converged"] == (not budget["not_converged_reasons"])
   written = json.loads((tmp_path / "eval" / "report.json").read_text())
   assert written["robust_accuracy"] == report["robust_accuracy"]
-  for png in ("purification.png", "steps.png", "adversarial.png"):
+  for png in ("purification.png", "steps.png", "adversarial.png", "budget.png"):
     assert (tmp_path / "eval" / png).exists()
   # ...and it is a different defense from ADP's on the same networks
   adp = evaluation.evaluate(smoke.get_config(), str(workdir), [], 20, print_fn=lambda s: None,

@@ -131,6 +131,7 @@ def _params_of(state_or_variables):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state_or_variables))]
 
 
+@pytest.mark.slow  # two training runs; the evaluation-side damage tests stay in the default suite
 def test_training_continues_from_the_older_checkpoint_when_the_latest_is_damaged(
     trained, tmp_path):
   # One end-to-end case (a few seconds of compiling and restoring); the other kinds of damage
@@ -590,3 +591,29 @@ def test_a_damaged_stored_batch_is_recomputed_with_a_warning(first_eval, tmp_pat
   for path in stored[:2]:
     with np.load(path) as z:  # rewritten whole
       assert "clean" in z.files
+
+
+def test_only_closed_loop_callback_reports_are_dropped(monkeypatch):
+  """The hook installed around checkpoint reads drops asyncio's "Event loop is closed" from
+  call_soon_threadsafe (TensorStore finishing after a failed read) and passes on the rest."""
+  import asyncio
+  import types
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  checkpoint._quiet_closed_loop_callbacks()
+  checkpoint._quiet_closed_loop_callbacks()  # idempotent: one filter, not a chain of them
+  loop = asyncio.new_event_loop()
+  loop.close()
+  reports = []
+  for fn in (lambda: loop.call_soon_threadsafe(print), lambda: 1 / 0,
+             lambda: (_ for _ in ()).throw(RuntimeError("Event loop is closed"))):
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001
+      reports.append(types.SimpleNamespace(exc_type=type(e), exc_value=e,
+                                           exc_traceback=e.__traceback__, err_msg=None,
+                                           object=None))
+  for r in reports:
+    sys.unraisablehook(r)
+  assert [type(r.exc_value) for r in seen] == [ZeroDivisionError, RuntimeError]
+  assert seen[1] is reports[2]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpure import attacks as attacks_lib
 from jaxpure.attacks import eot
 from jaxpure.defense import Defense
 from jaxpure.jobs.evaluation import report
@@ -66,3 +67,39 @@ def test_eot_in_chunks_gives_the_same_loss_and_gradient():
     assert np.abs(np.asarray(whole[1])).max() > 1e-3  # a real gradient
   with pytest.raises(ValueError, match="divide"):
     eot.exact_eot_gradient(defense, "ce", 6, chunk=4)
+
+
+def _curve(accuracies, n=64):
+  budgets = [5, 10, 20, 40][-len(accuracies):]
+  correct = np.zeros((len(accuracies), 1, n), bool)
+  for i, a in enumerate(accuracies):
+    correct[i, 0, :round(a * n)] = True
+  return report.budget_curve(budgets, correct, "num_steps")
+
+
+def test_not_converged_fires_on_a_falling_curve_and_not_on_a_flat_one():
+  falling = _curve([0.6, 0.45, 0.35, 0.25])  # still drops 0.10 > s.e. ~0.054 at the end
+  why = report.not_converged(falling, "num_steps")
+  assert why and "20 to 40" in why
+  assert report.not_converged(_curve([0.6, 0.3, 0.25, 0.25]), "num_steps") is None
+  # a drop within one standard error is noise, not a sign of an unconverged attack
+  assert report.not_converged(_curve([0.5, 0.3, 0.28, 0.25]), "num_steps") is None
+  assert report.not_converged(_curve([0.25]), "num_steps") is None
+
+
+def test_an_unconverged_budget_curve_makes_the_report_suspect():
+  steps_correct = np.stack([np.arange(64) < k for k in (40, 30, 20, 10)])[:, None]
+  flat = np.stack([np.arange(64) < 10] * 2)[:, None]
+  falling = report.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
+      num_steps=40, n_eot=2), (5, 10, 20, 40), (1, 2), steps_correct, flat)
+  assert not falling["converged"]
+  assert [r["accuracy"] for r in falling["by_num_steps"]] == [40 / 64, 30 / 64, 20 / 64, 10 / 64]
+  assert len(falling["not_converged_reasons"]) == 1 and "num_steps" in (
+      falling["not_converged_reasons"][0])
+  base = {"eps_sweep": {}, "robust_accuracy": {}, "robust_accuracy_standard_error": {}}
+  reasons = report.suspect_reasons(dict(base, budget_curves=falling), "pgd_eot_full")
+  assert any("not converged" in r for r in reasons)
+  converged = report.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
+      num_steps=40, n_eot=2), (5, 10, 20, 40), (1, 2), np.stack([flat[0]] * 4), flat)
+  assert converged["converged"]
+  assert report.suspect_reasons(dict(base, budget_curves=converged), "pgd_eot_full") == []

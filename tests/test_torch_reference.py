@@ -34,7 +34,8 @@ def _nchw(x):
   return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), order="C"))
 
 
-@pytest.mark.parametrize("shape,ngf,pool", [((8, 8, 1), 4, "max"), ((16, 16, 3), 4, "avg")])
+@pytest.mark.parametrize("shape,ngf,pool", [
+    ((8, 8, 1), 4, "max"), pytest.param((16, 16, 3), 4, "avg", marks=pytest.mark.slow)])
 def test_torch_net_matches_flax_net(shape, ngf, pool):
   """Same outputs to 1e-5: exactly (to rounding, ~1e-12) in float64, and to float32
   rounding, 1e-5 of the output's scale, in float32."""
@@ -66,6 +67,7 @@ def test_conversion_is_strict():
     tr.net_from_flax(jax.device_get(bad), 4, 1)
 
 
+@pytest.mark.slow  # float64 purifications in both frameworks
 def test_purifiers_match_jaxpure_float64():
   """Both torch purifiers, given jaxpure's own x0, give jaxpure's purified images (float64,
   where ADP's finite-difference step is well conditioned), with examples stopping at

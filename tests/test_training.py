@@ -43,8 +43,10 @@ def _run_steps(kind, config, mesh, split, num_steps):
 
 
 @pytest.mark.parametrize("kind,head", [
-    ("score", "score"), pytest.param("score", "energy", marks=pytest.mark.slow),
-    ("classifier", None)])
+    # the score variants are slow (CI runs them); the classifier one exercises the same
+    # data-parallel train step in the default suite
+    pytest.param("score", "score", marks=pytest.mark.slow),
+    pytest.param("score", "energy", marks=pytest.mark.slow), ("classifier", None)])
 def test_eight_devices_match_one(kind, head, train_split):
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   config = tiny_config(head=head or "score")
@@ -86,7 +88,7 @@ def _interrupt_after(n):
   return should_stop
 
 
-@pytest.mark.parametrize("kind", ["score", "classifier"])
+@pytest.mark.parametrize("kind", [pytest.param("score", marks=pytest.mark.slow), "classifier"])
 def test_resumed_run_is_bit_exact(kind, train_split, tmp_path):
   config = tiny_config()
   config[kind].checkpoint_every = 100  # the interruption alone must save what resume needs

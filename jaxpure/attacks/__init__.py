@@ -14,7 +14,13 @@ driven by a step rule (`pgd.py`, `apgd.py`):
   pgd_eot_full  PGD with exact gradients through the whole purifier, averaged over EOT
   apgd_eot      APGD on exact EOT gradients, one run per loss (CE, DLR) plus optional warm
                 restarts from the best point; per example the candidate the defense
-                (R purifications) is furthest from classifying correctly
+                (R purifications) is furthest from classifying correctly; optional
+                forward-only decision samples for its noisy decisions
+  pgd_eot_surrogate  PGD with exact gradients through a shorter purification (surrogate_steps
+                steps), scored on the full defense (Lee & Kim 2023's surrogate process)
+
+The attacks through the purifier can add a DiffAttack-style deviation loss
+(`eot.deviation`, settings.deviation_weight).
 """
 
 import dataclasses
@@ -37,18 +43,23 @@ class AttackSpec:
 
   exact_gradient: differentiates through the whole purifier (the reference for the
   "an attack beats the exact-gradient ones" check); blind: ignores the purifier, so it is also
-  the undefended baseline (its points are scored on the bare classifier too)."""
+  the undefended baseline (its points are scored on the bare classifier too);
+  through_purifier: differentiates a purification (the defense's or a surrogate's), so the
+  deviation loss and EOT chunking apply."""
   name: str
   exact_gradient: bool = False
   blind: bool = False
+  through_purifier: bool = False
 
 
 SPECS = {s.name: s for s in (
     AttackSpec("pgd_clf", blind=True),
     AttackSpec("bpda_eot"),
     AttackSpec("bpda_eot_adp"),
-    AttackSpec("pgd_eot_full", exact_gradient=True),
-    AttackSpec("apgd_eot", exact_gradient=True),
+    AttackSpec("pgd_eot_full", exact_gradient=True, through_purifier=True),
+    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True),
+    # exact gradient of a shorter purification (settings.surrogate_steps): not the defense's
+    AttackSpec("pgd_eot_surrogate", through_purifier=True),
 )}
 ATTACKS = tuple(SPECS)
 EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
@@ -56,7 +67,9 @@ EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
 UNDEFENDED_BASELINE = next(n for n, s in SPECS.items() if s.blind)
 
 
-def _estimator(name: str, defense: Defense, s: AttackSettings):
+def _estimator(name: str, defense: Defense, s: AttackSettings, x_clean=None):
+  """The gradient estimator of attack `name`; x_clean: the unattacked input (for the
+  deviation loss of the exact-gradient attacks)."""
   if name == "pgd_clf":
     return eot.classifier_gradient(defense, s.loss)
   if name == "bpda_eot":
@@ -66,17 +79,55 @@ def _estimator(name: str, defense: Defense, s: AttackSettings):
       raise ConfigError("bpda_eot_adp (ADP's sign-of-signs step) is defined for norm='linf' only")
     return eot.bpda_eot_adp_direction(defense, s.loss, s.n_eot)
   if name == "pgd_eot_full":
-    return eot.exact_eot_gradient(defense, s.loss, s.n_eot, s.eot_chunk)
+    return eot.exact_eot_gradient(defense, s.loss, s.n_eot, s.eot_chunk, s.deviation_weight,
+                                  x_clean)
+  if name == "pgd_eot_surrogate":
+    if s.surrogate_steps < 1:
+      raise ConfigError("pgd_eot_surrogate needs surrogate_steps >= 1 (the purifier steps its "
+                        "gradient goes through)")
+    return eot.exact_eot_gradient(defense.with_steps(s.surrogate_steps), s.loss, s.n_eot,
+                                  s.eot_chunk, s.deviation_weight, x_clean)
   raise ConfigError(f"unknown attack {name!r}; expected one of {ATTACKS}")
+
+
+#: The cost of one exact gradient through the purifier in forward purifications: the forward
+#: pass, its rematerialisation in the backward pass and the backward pass itself.
+EXACT_GRADIENT_COST = 3.0
+
+
+def purifications(name: str, s: AttackSettings, restarts: int) -> float:
+  """Estimated purifications (of one image, one restart; an exact gradient counts as
+  EXACT_GRADIENT_COST of them) that attack `name` runs per attacked example. An estimate of
+  its relative cost (e.g. for an ETA), not a measurement; the blind attack counts 0."""
+  spec = SPECS[name]
+  if spec.blind:
+    return 0.0
+  per_gradient = s.n_eot * (EXACT_GRADIENT_COST if spec.through_purifier else 1.0)
+  if name == "apgd_eot":  # its runs, each with a start evaluation, then the candidate choice
+    runs = len(s.losses) * (1 + s.warm_restarts)
+    return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + runs * restarts
+  return s.num_steps * per_gradient
 
 
 def attack_function(name: str, defense: Defense, s: AttackSettings):
   """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None)`."""
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
-  est = _estimator(name, defense, s)
+  _estimator(name, defense, s, x_clean=0.0)  # checks the settings now (x_clean: a stand-in)
   return lambda params, keys, x, y, eps=None, step_size=None: pgd_lib.pgd(
-      est, params, keys, x, y, s, eps, step_size)
+      _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size)
+
+
+def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tuple[int, ...]):
+  """`fn(params, keys, x, y)` -> [len(record), B, H, W, C]: the points of a PGD-type attack
+  `name` after k steps for each k in `record`, from one run (what k-step runs with the same keys
+  return; `pgd_lib.pgd`). Not for APGD, whose step sizes depend on its total budget."""
+  if name == "apgd_eot":
+    raise ConfigError("budget curves need a fixed-step-size attack; apgd_eot's schedule "
+                      "depends on its total number of steps")
+  _estimator(name, defense, s, x_clean=0.0)
+  return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
+                                                x, y, s, record=record)
 
 
 def _apgd_runs(defense: Defense, s: AttackSettings):
@@ -89,7 +140,7 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
   (APGD's start evaluation and its step), however many runs and warm restarts there are.
   Run j draws its noise from fold(keys, 100 + j), as when the runs are unrolled."""
   names = tuple(dict.fromkeys(s.losses))  # distinct, in order
-  estimators = [eot.exact_eot_gradient(defense, name, s.n_eot, s.eot_chunk) for name in names]
+  judges = [eot.eot_loss(defense, name, s.decision_samples) for name in names]
   runs = [(names.index(loss), r == 0) for loss in s.losses for r in range(1 + s.warm_restarts)]
   loss_index = jnp.asarray([i for i, _ in runs], jnp.int32)
   first = jnp.asarray([f for _, f in runs])
@@ -98,16 +149,20 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
     del step_size  # APGD sets its own (2 eps, halved)
     keys = per_example_keys(keys, x.shape[0])
     radius = s.eps if eps is None else eps
+    estimators = [eot.exact_eot_gradient(defense, name, s.n_eot, s.eot_chunk,
+                                         s.deviation_weight, x) for name in names]
 
     def one_run(best, xs):
       j, index, is_first = xs
       run_keys = fold(keys, 100 + j)
       estimator = lambda *args: jax.lax.switch(index, estimators, *args)  # noqa: E731
+      judge = (lambda *args: jax.lax.switch(index, judges, *args)  # noqa: E731
+               if s.decision_samples else None)
       # A loss's first run starts where apgd's own random start (x_start=None) would.
       start = (random_start(fold(run_keys, jnp.uint32(2**32 - 1)), x, s.norm, radius)
                if s.random_start else x)
       best = apgd_lib.apgd(estimator, params, run_keys, x, y, s,
-                           jnp.where(is_first, start, best), eps)
+                           jnp.where(is_first, start, best), eps, judge=judge)
       return best, best
 
     _, candidates = jax.lax.scan(
@@ -137,5 +192,6 @@ def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):
   return jax.jit(run, in_shardings=(rep, data, data, data), out_shardings=data)
 
 
-__all__ = ["ATTACKS", "EXACT_GRADIENT_ATTACKS", "UNDEFENDED_BASELINE", "SPECS", "AttackSettings",
-           "AttackSpec", "attack_function", "make_attack", "project", "select_candidate"]
+__all__ = ["ATTACKS", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
+           "SPECS", "AttackSettings", "AttackSpec", "attack_function", "attack_trajectory",
+           "make_attack", "project", "purifications", "select_candidate"]

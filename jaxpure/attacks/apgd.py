@@ -4,6 +4,11 @@ Step size starts at 2 eps and is halved at the halving points w_j when fewer tha
 the steps since the last halving point increased the loss, or when neither the step size nor the
 best loss changed since then; on halving, the iterate restarts from the best point. Momentum 0.75.
 All state is per example.
+
+Under a noisy (EOT) loss every decision compares estimates: with `judge` (forward-only extra
+purifications, `AttackSettings.decision_samples`), the loss that decides is the mean over the
+gradient's n_eot samples and the judge's, so fewer lucky points are kept and fewer halvings
+are triggered by noise. The gradient itself is unchanged.
 """
 
 import math
@@ -27,12 +32,19 @@ def halving_points(num_steps: int) -> list[int]:
   return sorted({math.ceil(round(q * num_steps, 6)) for q in p if q <= 1 + 1e-9})
 
 
-def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None):
+#: Folded into an iteration's keys for the judge's samples (apart from the gradient's).
+JUDGE_TAG = 0x4A554447
+
+
+def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None,
+         judge=None):
   """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1].
 
   estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
   x_start: [B, H, W, C] starting point inside the ball (default: a random start if
   s.random_start, else x). eps: an optional (traced) override of s.eps.
+  judge: optional forward-only loss `(params, keys, x, y) -> [B]`, the mean over
+  s.decision_samples samples; the decisions use the mean over all n_eot + decision_samples.
   """
   eps = s.eps if eps is None else eps
   keys = common.per_example_keys(keys, x.shape[0])
@@ -53,7 +65,15 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
     x0 = common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, eps)
   else:
     x0 = x
-  f0, g0 = estimator(params, common.fold(keys, jnp.uint32(2**32 - 2)), x0, y)
+  w = s.decision_samples / (s.n_eot + s.decision_samples) if judge is not None else 0.0
+
+  def evaluate(k, x_at):
+    f, g = estimator(params, common.fold(keys, k), x_at, y)
+    if judge is not None and w > 0:
+      f = (1 - w) * f + w * judge(params, common.fold(common.fold(keys, k), JUDGE_TAG), x_at, y)
+    return f, g
+
+  f0, g0 = evaluate(jnp.uint32(2**32 - 2), x0)
   b = x.shape[0]
   state = dict(x_prev=x0, x=x0, g=g0, f=f0, x_max=x0, f_max=f0, g_max=g0,
                eta=jnp.full((b,), eta0, x.dtype), count=jnp.zeros((b,), x.dtype),
@@ -65,7 +85,7 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
     a = jnp.where(k == 0, 1.0, MOMENTUM)
     x_new = common.project(st["x"] + a * (z - st["x"]) + (1 - a) * (st["x"] - st["x_prev"]),
                            x, s.norm, eps)
-    f_new, g_new = estimator(params, common.fold(keys, k), x_new, y)
+    f_new, g_new = evaluate(k, x_new)
     count = st["count"] + (f_new > st["f"]).astype(x.dtype)
     better = f_new > st["f_max"]
     x_max = jnp.where(better.reshape(bshape), x_new, st["x_max"])

@@ -23,7 +23,15 @@ class AttackSettings:
   random_start: start uniformly inside the ball.
   APGD only: losses: one run per loss from a random start (AutoAttack's rand version: "ce",
   "dlr"); warm_restarts: further runs per loss, each from the best point of that loss's
-  previous run with the step size reset to 2 eps."""
+  previous run with the step size reset to 2 eps; decision_samples: forward-only
+  purifications (no gradient) added to each iteration's loss estimate for APGD's decisions (the
+  best point and the step halving compare means over n_eot + decision_samples purifications
+  instead of the gradient's n_eot: a noisy EOT loss otherwise keeps lucky points and halves on
+  noise).
+  surrogate_steps: pgd_eot_surrogate only: the purifier steps its gradient goes through (the
+  defense that scores the points keeps its own; Lee & Kim 2023's surrogate process).
+  deviation_weight: exact-gradient attacks: adds this weight times a DiffAttack-style
+  deviation loss to the classification loss (`eot.deviation`); 0: none."""
   norm: str = "linf"
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -34,6 +42,9 @@ class AttackSettings:
   losses: tuple[str, ...] = ("ce", "dlr")
   warm_restarts: int = 0
   eot_chunk: int = 0
+  decision_samples: int = 0
+  surrogate_steps: int = 0
+  deviation_weight: float = 0.0
 
   def __post_init__(self):
     problems = []
@@ -54,6 +65,12 @@ class AttackSettings:
                       f"n_eot={self.n_eot})")
     if self.warm_restarts < 0:
       problems.append(f"warm_restarts={self.warm_restarts} (expected >= 0)")
+    if self.decision_samples < 0:
+      problems.append(f"decision_samples={self.decision_samples} (expected >= 0)")
+    if self.surrogate_steps < 0:
+      problems.append(f"surrogate_steps={self.surrogate_steps} (expected >= 0)")
+    if not self.deviation_weight >= 0:
+      problems.append(f"deviation_weight={self.deviation_weight} (expected >= 0)")
     if problems:
       raise ConfigError("bad attack settings: " + "; ".join(problems))
 

@@ -24,20 +24,43 @@ def classifier_gradient(defense: Defense, loss: str):
   return estimator
 
 
-def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0):
+def deviation(adv_iterates, clean_iterates):
+  """DiffAttack-style deviation loss [B]: the mean over the purifier's intermediate iterates
+  (steps 1..T-1 of iterates [T + 1, B, H, W, C]) of the mean squared distance between the
+  attacked input's iterates and the clean input's, drawn with the same noise. Maximising it
+  pushes the whole purification path away from the clean one, not only its end (Kang et al.,
+  NeurIPS 2023, weight their steps; here every intermediate step counts alike)."""
+  inner = slice(1, -1) if adv_iterates.shape[0] > 2 else slice(None)
+  d = jnp.square(adv_iterates[inner] - jax.lax.stop_gradient(clean_iterates[inner]))
+  return jnp.mean(d, axis=(0,) + tuple(range(2, d.ndim)))
+
+
+def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0,
+                       deviation_weight: float = 0.0, x_clean=None):
   """Exact gradient, by jax.grad through the whole purifier (noise, every scan step, the
   adaptive step size and the stopping mask), of the loss averaged over n_eot purifications.
 
   chunk: 0 differentiates all n_eot purifications at once; a divisor of n_eot differentiates
   them `chunk` at a time in a `lax.scan` and averages (the same samples and value, the memory
-  of `chunk` samples: Croce et al.'s EOT 200 on CIFAR-10)."""
+  of `chunk` samples: Croce et al.'s EOT 200 on CIFAR-10).
+  deviation_weight > 0 (needs x_clean [B, H, W, C], the unattacked input): the loss also
+  counts that weight times `deviation` of each sample's iterates from x_clean's, purified with
+  the same keys."""
   loss_fn = losses_lib.LOSSES[loss]
   if chunk and n_eot % chunk:
     raise ValueError(f"eot_chunk={chunk} must divide n_eot={n_eot}")
+  if deviation_weight and x_clean is None:
+    raise ValueError("a deviation loss needs the clean input x_clean")
 
   def mean_loss(params, x, y, restart_keys):
-    logits = defense.classify(params, defense.purify_with_restart_keys(params, x, restart_keys)[0])
-    return jnp.mean(loss_fn(logits, y), 0)
+    purified, trace = defense.purify_with_restart_keys(params, x, restart_keys)
+    per_sample = loss_fn(defense.classify(params, purified), y)  # [n, B]
+    if deviation_weight:
+      clean = jax.lax.stop_gradient(defense.purify_with_restart_keys(
+          params, x_clean, restart_keys)[1]["iterates"])
+      per_sample = per_sample + deviation_weight * jax.vmap(deviation)(
+          trace["iterates"], clean)
+    return jnp.mean(per_sample, 0)
 
   def estimator(params, keys, x, y):
     keys = common.per_example_keys(keys, x.shape[0])
@@ -53,6 +76,17 @@ def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0):
     (l, g), _ = jax.lax.scan(one, (jnp.zeros(x.shape[:1], x.dtype), jnp.zeros_like(x)), chunks)
     return l / chunks.shape[0], g / chunks.shape[0]
   return estimator
+
+
+def eot_loss(defense: Defense, loss: str, n: int):
+  """Forward only: `fn(params, keys, x, y)` -> the loss [B] averaged over n purifications
+  drawn from keys (no gradient; APGD's decision samples)."""
+  loss_fn = losses_lib.LOSSES[loss]
+
+  def fn(params, keys, x, y):
+    logits = defense.logits(params, jax.lax.stop_gradient(x), keys, n)  # [n, B, K]
+    return jnp.mean(loss_fn(logits, y), 0)
+  return fn
 
 
 def _bpda_per_sample(defense: Defense, loss_fn, params, keys, x, y, n_eot):

@@ -8,6 +8,8 @@ A family is a module with:
   purify(score_fn, params, x, keys, settings) -> (purified [R, B, H, W, C], trace)
                                   x in [0, 1]; keys [R, B]; trace: `common.make_trace`'s
                                   common part with a leading R axis
+and optionally STEPS_FIELD: str, the Settings field holding its number of steps (an attack on
+a surrogate process with fewer steps, `Defense.with_steps`, needs it).
 Adding a family is adding one module in this folder (found here by name) and one config
 section `config.purifiers.<NAME>` whose keys are its Settings fields. Families defined
 elsewhere (a script, a test) call `register(module)`.

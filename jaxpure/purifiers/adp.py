@@ -24,6 +24,8 @@ from jaxpure.purifiers import common
 NAME = "adp"
 #: The network's time input this family calls it with (see `jaxpure.models.score_function`).
 TIME_INPUT = "none"
+#: The Settings field holding the number of steps (surrogate-process attacks shorten it).
+STEPS_FIELD = "max_iter"
 
 
 @dataclasses.dataclass(frozen=True)

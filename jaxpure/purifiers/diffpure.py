@@ -26,6 +26,8 @@ from jaxpure.sde import VPSDE
 
 NAME = "diffpure"
 TIME_INPUT = "vp_time"
+#: The Settings field holding the number of steps (surrogate-process attacks shorten it).
+STEPS_FIELD = "num_steps"
 SAMPLERS = ("sde", "ddpm", "ddim")
 
 

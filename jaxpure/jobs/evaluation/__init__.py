@@ -32,11 +32,16 @@ def attack_settings(config, name: str, **changes) -> attacks_lib.AttackSettings:
   kwargs = dict(norm=config.attack.norm, eps=config.attack.eps, num_steps=section.num_steps,
                 step_size=section.step_size, n_eot=section.n_eot, loss=section.loss)
   if "losses" in section:  # APGD's runs
-    kwargs.update(losses=tuple(section.losses), warm_restarts=section.warm_restarts)
+    kwargs.update(losses=tuple(section.losses), warm_restarts=section.warm_restarts,
+                  decision_samples=section.decision_samples)
+  if "surrogate_steps" in section:
+    kwargs.update(surrogate_steps=section.surrogate_steps)
+  through = attacks_lib.SPECS[name].through_purifier
+  if through:
+    kwargs.update(deviation_weight=config.attack.deviation_weight)
   kwargs.update(changes)
   chunk = config.attack.eot_chunk  # only where it splits the EOT samples
-  kwargs["eot_chunk"] = chunk if attacks_lib.SPECS[name].exact_gradient and kwargs[
-      "n_eot"] > chunk else 0
+  kwargs["eot_chunk"] = chunk if through and kwargs["n_eot"] > chunk else 0
   return attacks_lib.AttackSettings(**kwargs)
 
 
@@ -108,55 +113,80 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
     raise WorkdirError(f"cannot write the evaluation to {out_dir!r}: {e.strerror or e}; "
                        "pass --output DIR") from e
   params = {kind: m.variables for kind, m in loaded.items()}
+  first = config.eval.first_example
   n_split = len(test_split)
-  n = min(num_examples or config.eval.num_examples or n_split, n_split)
-  if num_examples and num_examples > n_split:
-    print_fn(f"[eval] --num_examples={num_examples} is more than the {n_split} test examples; "
-             f"evaluating all {n_split}")
+  if not 0 <= first < n_split:
+    raise ConfigError(f"config.eval.first_example={first}; expected in [0, {n_split}) (the "
+                      f"test split has {n_split} examples)")
+  n_left = n_split - first
+  n = min(num_examples or config.eval.num_examples or n_left, n_left)
+  if num_examples and num_examples > n_left:
+    print_fn(f"[eval] --num_examples={num_examples} is more than the {n_left} test examples "
+             f"from index {first}; evaluating {n_left}")
   eval_key = jax.random.key(config.eval.seed)
   attack_key = jax.random.key(config.attack.seed)
   shared = {"num_examples": n, "networks": {k: m.fingerprint for k, m in loaded.items()},
-            "defense": defense_settings(defense), "eval_seed": config.eval.seed}
+            "defense": defense_settings(defense), "eval_seed": config.eval.seed,
+            **({"first_example": first} if first else {})}
   is_writer = jax.process_index() == 0
   runner = units_lib.Runner(params, test_split, n, mesh,
                             store_lib.BatchStore(os.path.join(out_dir, "batches"), print_fn),
                             shared, print_fn=print_fn, after_batch=after_batch,
-                            is_writer=is_writer)
+                            is_writer=is_writer, first=first)
 
-  # ---- clean and defended accuracy (with the per-step trace)
-  clean = runner.run(units_lib.clean_unit(defense, eval_key, config.eval.batch_size))
+  # ---- the units: clean and defended accuracy (with the per-step trace), attacks, sweep
+  scoring_runs = config.eval.scoring_runs
+  clean_unit = units_lib.clean_unit(defense, eval_key, config.eval.batch_size)
+
+  def attack_unit(unit, name, s, sweep_index=None):
+    runs = 1 if sweep_index is not None else scoring_runs
+    return units_lib.attack_unit(unit, name, s, defense, attack_key, eval_key,
+                                 config.attack.batch_size, config.attack.seed, sweep_index, runs)
+
+  attack_units = {name: attack_unit(name, name, s) for name, s in a_settings.items()}
+  sweep_units = {name: [(eps, attack_unit(f"sweep_{name}_eps{eps:.6f}", name,
+                                          sweep_settings(config, name, eps), i))
+                        for i, eps in enumerate(sweep_eps)]
+                 for name in ((sweep_attack, baseline) if sweep_eps else ())}
+  budget_name = config.eval.budget_attack
+  budget_unit = (units_lib.budget_unit(
+      budget_name, a_settings[budget_name], defense, attack_key, eval_key,
+      config.attack.batch_size, config.attack.seed, config.eval.budget_examples, scoring_runs)
+                 if config.eval.budget_examples and budget_name in attack_names else None)
+  runner.plan([clean_unit, *attack_units.values(), *([budget_unit] if budget_unit else []),
+               *(u for rows in sweep_units.values() for _, u in rows)])
+
+  clean = runner.run(clean_unit)
   acc = lambda k: float(concat(clean, k).mean())  # noqa: E731
   count = int(concat(clean, "clean").shape[-1])
   step_mask = concat(clean, "step_mask")  # [R, T, n]
   step_values = {k[len("scalar_"):]: concat(clean, k) for k in clean[0] if k.startswith("scalar_")}
   by_step = concat(clean, "by_step").mean(-1).tolist()
 
-  # ---- attacks
-  scoring_runs = config.eval.scoring_runs
-  def run_attack(unit, name, s, sweep_index=None):
-    runs = 1 if sweep_index is not None else scoring_runs
-    res = runner.run(units_lib.attack_unit(unit, name, s, defense, attack_key, eval_key,
-                                           config.attack.batch_size, config.attack.seed,
-                                           sweep_index, runs))
+  def run_attack(unit):
+    res = runner.run(unit)
     cat = lambda k: np.concatenate([r[k] for r in res], axis=-1)  # noqa: E731
     correct = cat("defended_correct")  # [N runs, n]
     return {"defended": correct.mean(0), "runs": correct, "bare": cat("bare_correct"),
             "distance": cat("distance"),
             "x_adv": np.concatenate([r["x_adv"] for r in res])[:config.attack.grid_examples]}
 
-  attacked = {name: run_attack(name, name, s) for name, s in a_settings.items()}
-  swept = {}
-  for name in ((sweep_attack, baseline) if sweep_eps else ()):
-    for i, eps in enumerate(sweep_eps):
-      r = run_attack(f"sweep_{name}_eps{eps:.6f}", name, sweep_settings(config, name, eps), i)
-      swept.setdefault(name, []).append((eps, r))
+  attacked = {name: run_attack(unit) for name, unit in attack_units.items()}
+  budget = None
+  if budget_unit is not None:
+    res = runner.run(budget_unit)
+    budget = report_lib.budget_report(
+        budget_name, a_settings[budget_name], budget_unit.signature["steps"],
+        budget_unit.signature["n_eot"], concat(res, "steps_correct"), concat(res, "eot_correct"))
+  swept = {name: [(eps, run_attack(unit)) for eps, unit in rows]
+           for name, rows in sweep_units.items()}
 
   # ---- report
   robust = {name: float(attacked[name]["defended"].mean()) for name in attack_names}
   scoring = {name: report_lib.run_scores(attacked[name]["runs"]) for name in attack_names}
   worst = report_lib.worst_case({name: attacked[name]["runs"] for name in attack_names})
   report = {
-      "dataset": config.data.name, "num_examples": count,
+      "dataset": config.data.name, "num_examples": count, "first_example": first,
       "clean_accuracy": acc("clean"),
       "defended_clean_accuracy": acc("mean_softmax"),
       "defended_accuracy_by_readout": {k: acc(k) for k in READOUTS},
@@ -178,6 +208,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                          "max_distance": float(attacked[name]["distance"].max()),
                          "seconds": runner.timings[name]["seconds"]}
                   for name, s in a_settings.items()},
+      "budget_curves": budget,
       "eps_sweep": {name: [{"eps": eps, "defended_accuracy": float(r["defended"].mean()),
                             "bare_accuracy": float(r["bare"].mean())} for eps, r in rows]
                     for name, rows in swept.items()},
@@ -197,7 +228,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
   report["evaluation_suspect"] = bool(report["suspect_reasons"])
   settings_hash = store_lib.signature_hash(
       {"shared": shared, "attacks": {k: dataclasses.asdict(s) for k, s in a_settings.items()},
-       "sweep": sweep_eps, "attack_seed": config.attack.seed})
+       "sweep": sweep_eps, "attack_seed": config.attack.seed,
+       **({"budget": budget_unit.signature} if budget_unit else {})})
   path = os.path.join(out_dir, "report.json")
   if is_writer:
     pictures.write_all(out_dir, config, defense, params, test_split, eval_key, report,

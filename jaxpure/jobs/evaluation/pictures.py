@@ -1,4 +1,5 @@
-"""The evaluation's pictures: purification.png, steps.png, adversarial.png, eps_sweep.png."""
+"""The evaluation's pictures: purification.png, steps.png, adversarial.png, eps_sweep.png,
+budget.png."""
 
 import os
 
@@ -15,8 +16,9 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
   """step_values: {scalar name: [R, T, n]}; step_mask [R, T, n]; attacked: {attack: results
   with "x_adv" of the first examples}."""
   k = min(config.eval.grid_examples, len(test_split))
-  x, _ = data.read_all(test_split, k)
-  keys = example_keys(key, jnp.arange(k))
+  first = config.eval.first_example
+  x, _ = data.read_all(test_split, k, first)
+  keys = example_keys(key, first + jnp.arange(x.shape[0]))
   restarts = min(config.eval.grid_restarts, defense.restarts)
   purify = jax.jit(lambda p, x, keys: defense.purify(p, x, keys, defense.restarts)[1]["iterates"])
   iterates = purify(params, jnp.asarray(x), keys)  # [R, T + 1, k, ...]
@@ -37,7 +39,7 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
   shown = {n: r for n, r in attacked.items() if n in report["attacks"]}
   if attacked:
     m = min(config.attack.grid_examples, k)
-    xa, _ = data.read_all(test_split, m)
+    xa, _ = data.read_all(test_split, m, first)
     rows, labels = [xa], ["clean"]
     for name, r in shown.items():
       x_adv = jnp.asarray(r["x_adv"][:m])
@@ -50,3 +52,5 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
     plots.plot_eps_sweep(os.path.join(out_dir, "eps_sweep.png"), report["eps_sweep"],
                          report["robust_accuracy"], report["settings"]["eps"],
                          report["undefended_robust_accuracy"])
+  if report.get("budget_curves"):
+    plots.plot_budget_curves(os.path.join(out_dir, "budget.png"), report["budget_curves"])

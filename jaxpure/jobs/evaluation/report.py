@@ -52,6 +52,47 @@ def worst_case(runs_by_attack: dict) -> dict:
                              for i, a in enumerate(names)}}
 
 
+def budget_curve(budgets, correct: np.ndarray, key: str) -> list[dict]:
+  """Rows {key: budget, accuracy, standard_error} of a budget curve; correct [K, runs, n] bool,
+  one entry per budget (accuracy: mean over runs and examples; s.e. over examples)."""
+  rows = []
+  for b, c in zip(budgets, correct):
+    per_example = c.mean(0)
+    n = per_example.shape[0]
+    rows.append({key: int(b), "accuracy": float(per_example.mean()),
+                 "standard_error": float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1
+                 else 0.0})
+  return rows
+
+
+def not_converged(rows: list[dict], key: str) -> str | None:
+  """Why a budget curve has not converged, or None: robust accuracy still falls by more than
+  one standard error (of the larger budget's accuracy) over the last doubling of the budget
+  (from the last row's budget halved, rounded down, to the last row's)."""
+  if len(rows) < 2:
+    return None
+  before, last = rows[-2], rows[-1]
+  drop = before["accuracy"] - last["accuracy"]
+  if drop > last["standard_error"]:
+    return (f"accuracy falls from {before['accuracy']:.3f} to {last['accuracy']:.3f} "
+            f"(more than one standard error, {last['standard_error']:.3f}) from {key} "
+            f"{before[key]} to {last[key]}")
+  return None
+
+
+def budget_report(name: str, settings, steps, eots, steps_correct: np.ndarray,
+                  eot_correct: np.ndarray) -> dict:
+  """The budget curves of attack `name` (`units.budget_unit`) with their convergence check."""
+  curves = {"num_steps": budget_curve(steps, steps_correct, "num_steps"),
+            "n_eot": budget_curve(eots, eot_correct, "n_eot")}
+  reasons = [f"{name} against {key}: {why}" for key, rows in curves.items()
+             if (why := not_converged(rows, key))]
+  return {"attack": name, "num_examples": int(steps_correct.shape[-1]),
+          "settings": {"num_steps": settings.num_steps, "n_eot": settings.n_eot},
+          "by_num_steps": curves["num_steps"], "by_n_eot": curves["n_eot"],
+          "converged": not reasons, "not_converged_reasons": reasons}
+
+
 def step_scalar_summary(values: np.ndarray, mask: np.ndarray) -> list[dict]:
   """Per step t: the fraction of examples that took it and quantiles of a step scalar over
   those examples. values, mask: [R, T, n]."""
@@ -66,13 +107,18 @@ def step_scalar_summary(values: np.ndarray, mask: np.ndarray) -> list[dict]:
 
 
 def suspect_reasons(report: dict, sweep_attack: str) -> list[str]:
-  """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, or an attack
-  beating the exact-gradient ones by more than one standard error."""
+  """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, an attack whose
+  budget curves still fall (`not_converged`), or an attack beating the exact-gradient ones by
+  more than one standard error."""
   reasons = []
   rows = report["eps_sweep"].get(sweep_attack)
   if rows and rows[-1]["defended_accuracy"] > 0.10:
     reasons.append(f"{sweep_attack} leaves {rows[-1]['defended_accuracy']:.3f} accuracy at the "
                    f"largest eps {rows[-1]['eps']:.4f} (expected <= 0.10): gradient masking?")
+  budget = report.get("budget_curves")
+  if budget and not budget["converged"]:
+    reasons += [f"not converged in attack budget: {why}"
+                for why in budget["not_converged_reasons"]]
   robust, se = report["robust_accuracy"], report["robust_accuracy_standard_error"]
   exact = [a for a in attacks_lib.EXACT_GRADIENT_ATTACKS if a in robust]
   if exact:
@@ -107,4 +153,10 @@ def summary_line(path: str, report: dict, attack_names) -> str:
   if attack_names:
     line += ", robust " + ", ".join(f"{k} {robust[k]:.4f}" for k in attack_names)
     line += f", undefended {report['undefended_robust_accuracy']:.4f}"
+    if report.get("robust_accuracy_worst_case") is not None:
+      line += f", worst case over attacks {report['robust_accuracy_worst_case']:.4f}"
+  budget = report.get("budget_curves")
+  if budget:
+    line += (f"; {budget['attack']} budget curves: "
+             f"{'converged' if budget['converged'] else 'NOT converged'}")
   return line

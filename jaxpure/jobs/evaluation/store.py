@@ -41,6 +41,12 @@ class BatchStore:
       with open(tmp, "w") as f:
         json.dump(signature, f, sort_keys=True)
       os.replace(tmp, meta)
+    return self.count(unit, signature)
+
+  def count(self, unit: str, signature: dict) -> int:
+    """How many batches are stored for `unit` with this signature (reads only)."""
+    signature = json.loads(json.dumps(signature, default=str))
+    path = os.path.join(self.root, unit, signature_hash(signature))
     if not os.path.isdir(path):
       return 0
     return sum(1 for n in os.listdir(path) if n.endswith(".npz") and not n.endswith(".tmp.npz"))

@@ -24,13 +24,17 @@ from jaxpure.purifiers.common import example_keys
 class Unit:
   """name: the unit's name (also its folder); fn: the batch function; batch_size: per batch;
   signature: the settings its results depend on (besides the shared ones); dynamic: traced
-  inputs of fn; compile_key: units with the same key share one compiled fn."""
+  inputs of fn; compile_key: units with the same key share one compiled fn; work: estimated
+  cost per example in purifications (`attacks.purifications`), for the overall ETA;
+  num_examples: run on the first num_examples examples only (default: all of the runner's)."""
   name: str
   fn: Callable
   batch_size: int
   signature: dict
   dynamic: dict = dataclasses.field(default_factory=dict)
   compile_key: str | None = None
+  work: float = 1.0
+  num_examples: int | None = None
 
 
 def tag(name: str) -> int:
@@ -45,7 +49,7 @@ def clean_unit(defense: Defense, eval_key, batch_size: int) -> Unit:
     del dynamic
     keys = example_keys(eval_key, batch["index"])
     return defense.batch_statistics(params, batch["image"], batch["label"], keys)
-  return Unit("clean", fn, batch_size, {})
+  return Unit("clean", fn, batch_size, {}, work=float(defense.restarts))
 
 
 def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: Defense,
@@ -87,34 +91,120 @@ def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: De
   signature = {"attack": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed}
   if scoring_runs != 1:
     signature["scoring_runs"] = scoring_runs
-  return Unit(unit, fn, batch_size, signature, dynamic, compile_key)
+  work = attacks_lib.purifications(name, s, defense.restarts) + scoring_runs * defense.restarts
+  return Unit(unit, fn, batch_size, signature, dynamic, compile_key, work=max(work, 0.1))
+
+
+def halvings(budget: int, count: int = 4) -> tuple[int, ...]:
+  """Up to `count` budgets ending at `budget`, each about half the next: 40 -> (5, 10, 20, 40)."""
+  return tuple(sorted({max(1, budget >> i) for i in range(count)}))
+
+
+def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, attack_key,
+                eval_key, batch_size: int, attack_seed: int, num_examples: int,
+                scoring_runs: int = 1) -> Unit:
+  """Robust accuracy of attack `name` against its iteration budget and its EOT samples, on the
+  first `num_examples` examples: the steps curve from one run's trajectory (`halvings` of
+  num_steps, at n_eot), the EOT curve from runs with fewer samples (`halvings` of n_eot, at
+  num_steps). Attack and scoring keys are those of the attack's own unit, so the full-budget
+  point is the attack's own result on these examples.
+
+  Stores steps_correct [len(steps), runs, n] and eot_correct [len(eot), runs, n] (bool)."""
+  steps, eots = halvings(s.num_steps), halvings(s.n_eot)
+  a_key, s_key = (jax.random.fold_in(k, tag(name)) for k in (attack_key, eval_key))
+  trajectory = attacks_lib.attack_trajectory(name, defense, s, steps)
+  fewer = [attacks_lib.attack_function(name, defense, dataclasses.replace(
+      s, n_eot=e, eot_chunk=s.eot_chunk if s.eot_chunk and e % s.eot_chunk == 0 else 0))
+           for e in eots[:-1]]
+
+  def fn(params, batch, dynamic):
+    del dynamic
+    x, y, index = batch["image"], batch["label"], batch["index"]
+    keys = example_keys(a_key, index)
+
+    def score(x_adv):  # [runs, B]
+      return jnp.stack([defense.predict(params, x_adv, example_keys(
+          s_key if r == 0 else jax.random.fold_in(s_key, r), index))["mean_softmax"] == y
+                        for r in range(scoring_runs)])
+    points = trajectory(params, keys, x, y)
+    by_steps = [score(p) for p in points]
+    by_eot = [score(f(params, keys, x, y)) for f in fewer] + [by_steps[-1]]
+    return {"steps_correct": jnp.stack(by_steps), "eot_correct": jnp.stack(by_eot)}
+
+  per = lambda e: attacks_lib.purifications(name, dataclasses.replace(s, n_eot=e),  # noqa: E731
+                                            defense.restarts)
+  work = per(s.n_eot) + sum(per(e) for e in eots[:-1]) + (
+      len(steps) + len(eots) - 1) * scoring_runs * defense.restarts
+  signature = {"budget_of": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed,
+               "steps": steps, "n_eot": eots, "scoring_runs": scoring_runs}
+  return Unit(f"budget_{name}", fn, batch_size, signature, work=work,
+              num_examples=num_examples)
 
 
 class Runner:
-  """Runs units over the first n test examples, storing each batch as it finishes.
+  """Runs units over n test examples from index `first`, storing each batch as it finishes.
 
   shared_signature: what every unit's results depend on (networks' fingerprints, defense
-  settings, n, seeds). progress(unit, batch) is called after each computed batch.
+  settings, n, seeds). after_batch(unit, batch) is called after each computed batch.
+  `plan(units)` announces every unit of the evaluation up front: the progress lines then also
+  give an ETA for all of them (the examples still to compute times each unit's estimated
+  work, at the speed measured so far after compilation; compilations are not counted).
   """
 
   def __init__(self, params, test_split, n: int, mesh, store, shared_signature: dict, *,
-               print_fn=print, after_batch=lambda unit, batch: None, is_writer: bool = True):
+               print_fn=print, after_batch=lambda unit, batch: None, is_writer: bool = True,
+               first: int = 0):
     self.params, self.test_split, self.n, self.mesh = params, test_split, n, mesh
+    self.first = first
     self.store, self.shared = store, shared_signature
     self.print_fn, self.after_batch, self.is_writer = print_fn, after_batch, is_writer
     self.timings: dict[str, dict] = {}
     self._compiled: dict[str, object] = {}
+    self._left: dict[str, tuple[int, float]] = {}  # planned unit -> (examples to compute, work)
+    self._work_done, self._work_seconds = 0.0, 0.0
 
-  def _batches(self, batch_size: int):
-    batch_size = parallel.round_up_to_devices(min(batch_size, self.n), self.mesh)
-    return batch_size, -(-self.n // batch_size), data.eval_batches(
-        self.test_split, batch_size, self.mesh, self.n)
+  def _signature(self, unit: Unit, batch_size: int) -> dict:
+    return dict(self.shared, batch_size=batch_size, **unit.signature)
+
+  def plan(self, units: list[Unit]) -> None:
+    """Announces the units to run (for the overall ETA) and says how many stored batches an
+    earlier run left for them."""
+    stored_units, stored_batches = 0, 0
+    for unit in units:
+      n = self._n(unit)
+      bs, num_batches = self._batch_count(unit.batch_size, n)
+      stored = min(num_batches, self.store.count(unit.name, self._signature(unit, bs)))
+      stored_units += stored > 0
+      stored_batches += stored
+      self._left[unit.name] = (max(0, n - stored * bs), unit.work)
+    if stored_batches:
+      self.print_fn(f"[eval] resuming: reusing {stored_batches} stored batches of "
+                    f"{stored_units} of the {len(units)} units")
+
+  def overall_eta(self) -> float | None:
+    """Seconds left for every planned unit, or None before any post-compile measurement."""
+    if not self._left or self._work_done <= 0:
+      return None
+    left = sum(examples * work for examples, work in self._left.values())
+    return left * self._work_seconds / self._work_done
+
+  def _n(self, unit: Unit) -> int:
+    return min(unit.num_examples or self.n, self.n)
+
+  def _batch_count(self, batch_size: int, n: int) -> tuple[int, int]:
+    batch_size = parallel.round_up_to_devices(min(batch_size, n), self.mesh)
+    return batch_size, -(-n // batch_size)
+
+  def _batches(self, batch_size: int, n: int):
+    batch_size, num_batches = self._batch_count(batch_size, n)
+    return batch_size, num_batches, data.eval_batches(self.test_split, batch_size, self.mesh, n,
+                                                      self.first)
 
   def run(self, unit: Unit) -> list[dict]:
     """The unit's per-batch results (stored ones reused, the rest computed and stored)."""
-    bs, num_batches, it = self._batches(unit.batch_size)
-    stored_count = self.store.open_unit(unit.name, dict(self.shared, batch_size=bs,
-                                                        **unit.signature), self.is_writer)
+    n = self._n(unit)
+    bs, num_batches, it = self._batches(unit.batch_size, n)
+    stored_count = self.store.open_unit(unit.name, self._signature(unit, bs), self.is_writer)
     if stored_count:
       self.print_fn(f"[eval] {unit.name}: found {min(stored_count, num_batches)} of "
                     f"{num_batches} batches stored by an earlier run of the same networks "
@@ -146,21 +236,36 @@ class Runner:
           self.store.save(unit.name, i, stored)
         run_s += seconds
         done += int(mask.sum())
-        shown = min(self.n, (i + 1) * bs)
-        eta = run_s / done * (self.n - shown) if done else float("inf")
-        self.print_fn(f"[eval] {unit.name}: batch {i + 1}/{num_batches}  {shown}/{self.n} "
+        shown = min(n, (i + 1) * bs)
+        eta = run_s / done * (n - shown) if done else float("inf")
+        overall = self._account(unit, int(mask.sum()), seconds)
+        overall = (f"  all units: ETA {training.format_duration(overall)}"
+                   if overall is not None else "")
+        self.print_fn(f"[eval] {unit.name}: batch {i + 1}/{num_batches}  {shown}/{n} "
                       f"images  {done / max(run_s, 1e-9):.2f} img/s  "
-                      f"ETA {training.format_duration(eta)}")
+                      f"ETA {training.format_duration(eta)}{overall}")
         self.after_batch(unit.name, i)
       results.append(stored)
     if reused:
       self.print_fn(f"[eval] {unit.name}: reused {reused} stored batches, computed "
                     f"{num_batches - reused}")
+    if unit.name in self._left:
+      self._left[unit.name] = (0, unit.work)
     total_s = float(sum(float(r["seconds"]) for r in results))
     self.timings[unit.name] = {"compile_seconds_this_run": compile_s, "seconds": total_s,
-                               "images_per_second": self.n / total_s if total_s else None,
+                               "images_per_second": n / total_s if total_s else None,
                                "reused_batches": reused}
     return results
+
+  def _account(self, unit: Unit, examples: int, seconds: float) -> float | None:
+    """Books a computed batch (its run time, compilation excluded) for the overall ETA;
+    returns that ETA (None when nothing is planned)."""
+    self._work_done += examples * unit.work
+    self._work_seconds += seconds
+    if unit.name in self._left:
+      left, work = self._left[unit.name]
+      self._left[unit.name] = (max(0, left - examples), work)
+    return self.overall_eta()
 
 
 def concat(results: list[dict], key: str) -> np.ndarray:

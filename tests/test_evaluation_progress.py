@@ -1,0 +1,86 @@
+"""The evaluation's progress accounting: the ETA over all planned units and the resume line.
+
+Runner times each computed batch with time.perf_counter; a fake clock that advances one second
+per reading makes every batch take exactly 1 s, so the overall ETA has known values.
+"""
+
+import itertools
+
+import pytest
+
+from jaxpure import data, parallel
+from jaxpure.jobs.evaluation import store as store_lib, units as units_lib
+
+N = 20  # with 8 devices and batch size 10: batches of 16 (16 real) and 16 (4 real) examples
+
+
+def _unit(name, work):
+  return units_lib.Unit(name, lambda params, batch, dynamic: {"ok": batch["label"] >= 0}, 10,
+                        {"unit": name}, work=work)
+
+
+def _runner(tmp_path, lines, etas):
+  runner = None
+
+  def after_batch(unit, batch):
+    etas.append((unit, batch, runner.overall_eta()))
+  runner = units_lib.Runner({}, data.open_split("digits", "test"), N, parallel.make_mesh(),
+                            store_lib.BatchStore(str(tmp_path / "batches"), lines.append),
+                            {"n": N}, print_fn=lines.append, after_batch=after_batch)
+  return runner
+
+
+@pytest.fixture
+def one_second_batches(monkeypatch):
+  clock = itertools.count()
+  monkeypatch.setattr(units_lib.time, "perf_counter", lambda: float(next(clock)))
+
+
+def test_overall_eta_counts_every_planned_unit_by_its_work(tmp_path, one_second_batches):
+  lines, etas = [], []
+  runner = _runner(tmp_path, lines, etas)
+  a, b = _unit("a", 1.0), _unit("b", 3.0)
+  runner.plan([a, b])
+  assert runner.overall_eta() is None  # nothing measured yet
+  assert [r["ok"].size for r in runner.run(a)] == [16, 4]
+  runner.run(b)
+  # a's first batch: 16 work in 1 s; left: 4 of a (4 work) + 20 of b (60 work) -> 64/16 s.
+  # a done: 20 work in 2 s; left 60 -> 6 s. b's first batch: 68 work in 3 s; left 4 x 3 = 12.
+  got = [(u, i, e) for u, i, e in etas]
+  assert got == [("a", 0, pytest.approx(4.0)), ("a", 1, pytest.approx(6.0)),
+                 ("b", 0, pytest.approx(12 * 3 / 68)), ("b", 1, pytest.approx(0.0))]
+  assert any(l.endswith("all units: ETA 0m06s") for l in lines), lines
+
+
+def test_a_resumed_run_says_what_it_reuses_and_plans_only_the_rest(tmp_path, one_second_batches):
+  lines, etas = [], []
+  _runner(tmp_path, lines, etas).run(_unit("a", 1.0))
+  lines, etas = [], []
+  runner = _runner(tmp_path, lines, etas)
+  runner.plan([_unit("a", 1.0), _unit("b", 2.0)])
+  assert "[eval] resuming: reusing 2 stored batches of 1 of the 2 units" in lines
+  runner.run(_unit("a", 1.0))
+  assert etas == []  # nothing computed for a
+  runner.run(_unit("b", 2.0))
+  # b's first batch: 32 work in 1 s; left 4 examples x 2 -> 8/32 s.
+  assert etas[0] == ("b", 0, pytest.approx(0.25))
+
+
+def test_units_without_a_plan_show_no_overall_eta(tmp_path, one_second_batches):
+  lines, etas = [], []
+  _runner(tmp_path, lines, etas).run(_unit("a", 1.0))
+  assert etas == [("a", 0, None), ("a", 1, None)]
+  assert not any("all units" in l for l in lines)
+
+
+def test_attack_cost_estimates_follow_the_budget():
+  from jaxpure import attacks
+  s = attacks.AttackSettings(num_steps=10, n_eot=2)
+  assert attacks.purifications("pgd_clf", s, restarts=4) == 0
+  bpda, exact = (attacks.purifications(n, s, 4) for n in ("bpda_eot", "pgd_eot_full"))
+  assert exact == attacks.EXACT_GRADIENT_COST * bpda > 0
+  twice = attacks.AttackSettings(num_steps=20, n_eot=2)
+  assert attacks.purifications("pgd_eot_full", twice, 4) == 2 * exact
+  one, two = (attacks.purifications("apgd_eot", attacks.AttackSettings(
+      num_steps=10, n_eot=2, losses=("ce", "dlr"), warm_restarts=w), 4) for w in (0, 1))
+  assert two == 2 * one > 2 * exact
