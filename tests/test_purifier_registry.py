@@ -44,6 +44,7 @@ def _config(**section):
   config = smoke.get_config()
   config.defense.purifier = "noise_only"
   config.purifiers.noise_only = ml_collections.ConfigDict(dict(dict(sigma_n=0.25), **section))
+  config.eval.budget_examples = 64  # (smoke turns them off) the budget curves end to end
   return config
 
 
