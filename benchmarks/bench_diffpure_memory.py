@@ -48,6 +48,8 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=16, help="examples per gradient")
   p.add_argument("--n_eot", type=int, default=1, help="purifications per gradient (EOT)")
   p.add_argument("--t_star", type=float, default=0.1, help="diffusion time t*")
+  p.add_argument("--remat", default="both", choices=("both", "on", "off"),
+                 help="per-step remat settings to measure (default both)")
   p.add_argument("--compile_timeout", type=float, default=480.0,
                  help="seconds one configuration may take to compile, in its own process, "
                  "before it is reported as not measured; 0: compile in this process, no limit")
@@ -65,6 +67,9 @@ def parse_args(argv=None):
   if args.compile_timeout < 0:
     p.error("--compile_timeout must be >= 0")
   return args
+
+
+REMATS = {"both": (True, False), "on": (True,), "off": (False,)}
 
 
 def build(quick: bool):
@@ -203,7 +208,7 @@ def main(argv=None):
         f"{'compile s':>9}" + ("  measured peak MiB  step s" if on_gpu else ""), flush=True)
   rows, previous = [], {}
   for n in args.steps:
-    for remat in (True, False):
+    for remat in REMATS[args.remat]:
       row = {"N": n, "remat": remat}
       if args.compile_timeout:
         m = in_fresh_process(args, "compile", n, remat, args.compile_timeout)
@@ -234,7 +239,7 @@ def main(argv=None):
         line += (f"  {_mib(meas['peak_bytes']):>18} {meas['step_s']:>7.3f}"
                  if isinstance(meas, dict) else f"  {meas}")
       print(line, flush=True)
-  for remat in (True, False):
+  for remat in REMATS[args.remat]:
     done = [r for r in rows if r["remat"] == remat and isinstance(r["compiled"], dict)]
     tag = "remat" if remat else "no remat"
     if len(done) >= 2 and done[-1]["N"] != done[0]["N"]:
