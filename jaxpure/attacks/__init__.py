@@ -105,7 +105,8 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
   per_gradient = s.n_eot * (EXACT_GRADIENT_COST if spec.through_purifier else 1.0)
   if name == "apgd_eot":  # its runs, each with a start evaluation, then the candidate choice
     runs = len(s.losses) * (1 + s.warm_restarts)
-    return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + runs * restarts
+    choice = runs * restarts if runs > 1 else 0  # one run: no candidate choice
+    return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
   return s.num_steps * per_gradient
 
 
@@ -174,10 +175,14 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
 def select_candidate(defense: Defense, params, keys, candidates, y):
   """Per example, the candidate of candidates [K, B, H, W, C] with the lowest defense margin:
   the mean softmax over R purifications (drawn from `keys`, the same for every candidate),
-  true class minus the best other class. A few EOT samples would pick by noise."""
+  true class minus the best other class. A few EOT samples would pick by noise. The
+  candidates go through one `lax.map` (one compiled copy of the defense, whatever K); a single
+  candidate is returned as it is."""
+  if candidates.shape[0] == 1:
+    return candidates[0]
   margin = lambda xc: -losses_lib.cw_margin(jnp.mean(jax.nn.softmax(  # noqa: E731
       defense.logits(params, xc, keys, defense.restarts), -1), 0), y)
-  pick = jnp.argmin(jnp.stack([margin(c) for c in candidates]), axis=0)  # [B]
+  pick = jnp.argmin(jax.lax.map(margin, candidates), axis=0)  # [B]
   return jnp.take_along_axis(candidates, pick[None, :, None, None, None], axis=0)[0]
 
 

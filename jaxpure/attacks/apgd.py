@@ -34,6 +34,8 @@ def halving_points(num_steps: int) -> list[int]:
 
 #: Folded into an iteration's keys for the judge's samples (apart from the gradient's).
 JUDGE_TAG = 0x4A554447
+#: The fold of the start evaluation's keys (the steps use their iteration index).
+START_KEY = 2**32 - 2
 
 
 def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None,
@@ -73,19 +75,24 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
       f = (1 - w) * f + w * judge(params, common.fold(common.fold(keys, k), JUDGE_TAG), x_at, y)
     return f, g
 
-  f0, g0 = evaluate(jnp.uint32(2**32 - 2), x0)
+  # Iteration -1 of the scan is the start evaluation at x0 (so the gradient is traced and
+  # compiled once, not also outside the loop); it draws with fold(keys, START_KEY).
   b = x.shape[0]
-  state = dict(x_prev=x0, x=x0, g=g0, f=f0, x_max=x0, f_max=f0, g_max=g0,
-               eta=jnp.full((b,), eta0, x.dtype), count=jnp.zeros((b,), x.dtype),
-               eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=f0)
+  zeros_b = jnp.zeros((b,), x.dtype)
+  state = dict(x_prev=x0, x=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0, f_max=zeros_b,
+               g_max=jnp.zeros_like(x0), eta=jnp.full((b,), eta0, x.dtype), count=zeros_b,
+               eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=zeros_b)
 
   def body(st, k):
+    start = k < 0
+    k = jnp.maximum(k, 0)
     eta = st["eta"].reshape(bshape)
     z = common.project(st["x"] + eta * common.ascent_direction(st["g"], s.norm), x, s.norm, eps)
     a = jnp.where(k == 0, 1.0, MOMENTUM)
-    x_new = common.project(st["x"] + a * (z - st["x"]) + (1 - a) * (st["x"] - st["x_prev"]),
-                           x, s.norm, eps)
-    f_new, g_new = evaluate(k, x_new)
+    x_step = common.project(st["x"] + a * (z - st["x"]) + (1 - a) * (st["x"] - st["x_prev"]),
+                            x, s.norm, eps)
+    x_new = jnp.where(start, x0, x_step)
+    f_new, g_new = evaluate(jnp.where(start, jnp.uint32(START_KEY), k.astype(jnp.uint32)), x_new)
     count = st["count"] + (f_new > st["f"]).astype(x.dtype)
     better = f_new > st["f_max"]
     x_max = jnp.where(better.reshape(bshape), x_new, st["x_max"])
@@ -97,13 +104,15 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
     hb = halve.reshape(bshape)
     new_eta = jnp.where(halve, st["eta"] / 2, st["eta"])
     x_next = jnp.where(hb, x_max, x_new)
-    new = dict(
+    stepped = dict(
         x_prev=jnp.where(hb, x_max, st["x"]), x=x_next, g=jnp.where(hb, g_max, g_new),
         f=jnp.where(halve, f_max, f_new), x_max=x_max, f_max=f_max, g_max=g_max, eta=new_eta,
         count=jnp.where(at_halving, 0.0, count),
         eta_last=jnp.where(at_halving, new_eta, st["eta_last"]),
         f_max_last=jnp.where(at_halving, f_max, st["f_max_last"]))
-    return new, None
+    started = dict(st, x_prev=x0, x=x0, g=g_new, f=f_new, x_max=x0, f_max=f_new, g_max=g_new,
+                   f_max_last=f_new)
+    return {key: jnp.where(start, started[key], stepped[key]) for key in stepped}, None
 
-  state, _ = lax.scan(body, state, jnp.arange(n))
+  state, _ = lax.scan(body, state, jnp.arange(-1, n, dtype=jnp.int32))
   return state["x_max"]
