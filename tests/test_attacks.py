@@ -402,3 +402,18 @@ def test_deviation_loss_gradient_matches_float64_finite_differences():
     assert not np.allclose(np.asarray(g), np.asarray(plain(params, keys, x, y)[1]), rtol=1e-3)
   with pytest.raises(ValueError, match="x_clean"):
     eot.exact_eot_gradient(defense, "ce", 2, deviation_weight=1.0)
+
+
+@pytest.mark.parametrize("name, changes, fragment", [
+    ("no_such_attack", {}, "unknown attack 'no_such_attack'"),
+    ("bpda_eot_adp", {"norm": "l2"}, "norm='linf' only"),
+    ("pgd_eot_surrogate", {"surrogate_steps": 0}, "surrogate_steps >= 1"),
+])
+def test_attack_settings_are_checked_when_the_attack_is_built(name, changes, fragment):
+  """attack_function and attack_trajectory refuse an attack that cannot run, in one line,
+  before anything is traced."""
+  s = A.AttackSettings(eps=0.1, num_steps=2, **changes)
+  for build in (lambda: A.attack_function(name, tiny_defense(), s),
+                lambda: A.attack_trajectory(name, tiny_defense(), s, (1, 2))):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+      build()

@@ -67,27 +67,34 @@ EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
 UNDEFENDED_BASELINE = next(n for n, s in SPECS.items() if s.blind)
 
 
+def _check(name: str, s: AttackSettings) -> None:
+  """Raises ConfigError (one line) if attack `name` cannot run with settings `s`."""
+  if name not in SPECS:
+    raise ConfigError(f"unknown attack {name!r}; expected one of {ATTACKS}")
+  if name == "bpda_eot_adp" and s.norm != "linf":
+    raise ConfigError("bpda_eot_adp (ADP's sign-of-signs step) is defined for norm='linf' only")
+  if name == "pgd_eot_surrogate" and s.surrogate_steps < 1:
+    raise ConfigError("pgd_eot_surrogate needs surrogate_steps >= 1 (the purifier steps its "
+                      "gradient goes through)")
+
+
 def _estimator(name: str, defense: Defense, s: AttackSettings, x_clean=None):
-  """The gradient estimator of attack `name`; x_clean: the unattacked input (for the
-  deviation loss of the exact-gradient attacks)."""
+  """The gradient estimator of attack `name` (checked by `_check`); x_clean: the unattacked
+  input (for the deviation loss of the exact-gradient attacks)."""
+  _check(name, s)
   if name == "pgd_clf":
     return eot.classifier_gradient(defense, s.loss)
   if name == "bpda_eot":
     return eot.bpda_eot_gradient(defense, s.loss, s.n_eot)
   if name == "bpda_eot_adp":
-    if s.norm != "linf":
-      raise ConfigError("bpda_eot_adp (ADP's sign-of-signs step) is defined for norm='linf' only")
     return eot.bpda_eot_adp_direction(defense, s.loss, s.n_eot)
   if name == "pgd_eot_full":
     return eot.exact_eot_gradient(defense, s.loss, s.n_eot, s.eot_chunk, s.deviation_weight,
                                   x_clean)
   if name == "pgd_eot_surrogate":
-    if s.surrogate_steps < 1:
-      raise ConfigError("pgd_eot_surrogate needs surrogate_steps >= 1 (the purifier steps its "
-                        "gradient goes through)")
     return eot.exact_eot_gradient(defense.with_steps(s.surrogate_steps), s.loss, s.n_eot,
                                   s.eot_chunk, s.deviation_weight, x_clean)
-  raise ConfigError(f"unknown attack {name!r}; expected one of {ATTACKS}")
+  raise ConfigError(f"attack {name!r} has no PGD-type gradient estimator")
 
 
 #: The cost of one exact gradient through the purifier in forward purifications: the forward
@@ -114,7 +121,7 @@ def attack_function(name: str, defense: Defense, s: AttackSettings):
   """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None)`."""
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
-  _estimator(name, defense, s, x_clean=0.0)  # checks the settings now (x_clean: a stand-in)
+  _check(name, s)
   return lambda params, keys, x, y, eps=None, step_size=None: pgd_lib.pgd(
       _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size)
 
@@ -126,7 +133,7 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
   if name == "apgd_eot":
     raise ConfigError("budget curves need a fixed-step-size attack; apgd_eot's schedule "
                       "depends on its total number of steps")
-  _estimator(name, defense, s, x_clean=0.0)
+  _check(name, s)
   return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
                                                 x, y, s, record=record)
 
