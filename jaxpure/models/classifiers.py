@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpure.models import register
+from jaxpure.models.conv import Conv
 
 _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -46,8 +47,8 @@ class SmallCNN(nn.Module):
     del train
     h = _normalize(x, self.mean, self.std)
     for i, feats in enumerate((self.width, 2 * self.width)):
-      h = nn.relu(nn.Conv(feats, (3, 3), padding="SAME", name=f"conv{i}_0")(h))
-      h = nn.relu(nn.Conv(feats, (3, 3), padding="SAME", name=f"conv{i}_1")(h))
+      h = nn.relu(Conv(feats, (3, 3), padding="SAME", name=f"conv{i}_0")(h))
+      h = nn.relu(Conv(feats, (3, 3), padding="SAME", name=f"conv{i}_1")(h))
       h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
     h = h.reshape(h.shape[:-3] + (-1,))
     h = nn.relu(nn.Dense(128, name="fc0")(h))
@@ -89,7 +90,7 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
 def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
   """Bias-free conv; a 3x3 pads (1, 1) on both axes, a 1x1 pads nothing (PyTorch's padding)."""
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+  return Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                  use_bias=False, kernel_init=_he_fan_out, name=name)
 
 

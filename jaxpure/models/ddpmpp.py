@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpure.models import register
+from jaxpure.models.conv import Conv
 
 RESBLOCK_TYPES = ("biggan",)
 
@@ -39,7 +40,7 @@ def ddpm_init(scale: float = 1.0) -> nn.initializers.Initializer:
 def _conv(features: int, kernel: int, init_scale: float = 1.0, name: str | None = None):
   """Stride-1 'same' convolution (3x3 pads 1, 1x1 pads 0) with DDPM init and zero bias."""
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=1, padding=((pad, pad), (pad, pad)),
+  return Conv(features, (kernel, kernel), strides=1, padding=((pad, pad), (pad, pad)),
                  kernel_init=ddpm_init(init_scale), bias_init=nn.initializers.zeros, name=name)
 
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpure.models.conv import Conv
+
 Activation = Callable[[jax.Array], jax.Array]
 
 #: The NCSNv2 activation.
@@ -34,14 +36,14 @@ def _normal_around_one(stddev: float = 0.02):
 def conv3x3(features: int, dilation: int = 1, use_bias: bool = True,
             name: str | None = None) -> nn.Conv:
   """3x3 convolution, stride 1, 'same' output size (padding = dilation)."""
-  return nn.Conv(features, (3, 3), strides=1, padding=((dilation, dilation),) * 2,
+  return Conv(features, (3, 3), strides=1, padding=((dilation, dilation),) * 2,
                  kernel_dilation=dilation, use_bias=use_bias,
                  kernel_init=default_kernel_init, name=name)
 
 
 def conv1x1(features: int, use_bias: bool = True, name: str | None = None) -> nn.Conv:
   """1x1 convolution, stride 1."""
-  return nn.Conv(features, (1, 1), strides=1, padding="VALID", use_bias=use_bias,
+  return Conv(features, (1, 1), strides=1, padding="VALID", use_bias=use_bias,
                  kernel_init=default_kernel_init, name=name)
 
 
