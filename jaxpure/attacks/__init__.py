@@ -67,21 +67,24 @@ EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
 UNDEFENDED_BASELINE = next(n for n, s in SPECS.items() if s.blind)
 
 
-def _check(name: str, s: AttackSettings) -> None:
-  """Raises ConfigError (one line) if attack `name` cannot run with settings `s`."""
+def _check(name: str, s: AttackSettings, defense: Defense) -> None:
+  """Raises ConfigError (one line) if attack `name` cannot run with settings `s` against
+  `defense`."""
   if name not in SPECS:
     raise ConfigError(f"unknown attack {name!r}; expected one of {ATTACKS}")
   if name == "bpda_eot_adp" and s.norm != "linf":
     raise ConfigError("bpda_eot_adp (ADP's sign-of-signs step) is defined for norm='linf' only")
-  if name == "pgd_eot_surrogate" and s.surrogate_steps < 1:
-    raise ConfigError("pgd_eot_surrogate needs surrogate_steps >= 1 (the purifier steps its "
-                      "gradient goes through)")
+  if name == "pgd_eot_surrogate":
+    if s.surrogate_steps < 1:
+      raise ConfigError("pgd_eot_surrogate needs surrogate_steps >= 1 (the purifier steps its "
+                        "gradient goes through)")
+    defense.with_steps(s.surrogate_steps)  # refuses a family without a steps field
 
 
 def _estimator(name: str, defense: Defense, s: AttackSettings, x_clean=None):
   """The gradient estimator of attack `name` (checked by `_check`); x_clean: the unattacked
   input (for the deviation loss of the exact-gradient attacks)."""
-  _check(name, s)
+  _check(name, s, defense)
   if name == "pgd_clf":
     return eot.classifier_gradient(defense, s.loss)
   if name == "bpda_eot":
@@ -121,7 +124,7 @@ def attack_function(name: str, defense: Defense, s: AttackSettings):
   """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None)`."""
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
-  _check(name, s)
+  _check(name, s, defense)
   return lambda params, keys, x, y, eps=None, step_size=None: pgd_lib.pgd(
       _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size)
 
@@ -133,7 +136,7 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
   if name == "apgd_eot":
     raise ConfigError("budget curves need a fixed-step-size attack; apgd_eot's schedule "
                       "depends on its total number of steps")
-  _check(name, s)
+  _check(name, s, defense)
   return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
                                                 x, y, s, record=record)
 
@@ -144,8 +147,9 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
   defense is furthest from classifying correctly.
 
   The L (1 + warm_restarts) runs are one `lax.scan` whose step is one APGD run, its loss's
-  gradient picked by `lax.switch`: each distinct loss's gradient is traced and compiled twice
-  (APGD's start evaluation and its step), however many runs and warm restarts there are.
+  gradient picked by `lax.switch`: each distinct loss's gradient is traced and compiled once
+  (APGD's start evaluation is iteration -1 of its step scan), however many runs and warm
+  restarts there are.
   Run j draws its noise from fold(keys, 100 + j), as when the runs are unrolled."""
   names = tuple(dict.fromkeys(s.losses))  # distinct, in order
   judges = [eot.eot_loss(defense, name, s.decision_samples) for name in names]

@@ -17,6 +17,10 @@ Values and gradients are those of `lax.conv_general_dilated` (the same convoluti
 bit on the CPU; tests/test_models_conv.py). Tangents that are symbolically zero (the kernel's,
 when only the input is differentiated, as in every attack) cost nothing. Grouped
 convolutions (feature_group_count > 1) use `lax.conv_general_dilated` unchanged.
+
+The price is in forward mode: the x-tangent itself is now the `01oi` convolution, so
+`jax.jvp`/`jacfwd` through a loop of these takes the slow path that reverse mode leaves.
+jaxpure differentiates in reverse mode only (attacks, training).
 """
 
 from __future__ import annotations
