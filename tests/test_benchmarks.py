@@ -105,3 +105,19 @@ def test_bench_attack_gradients_agree_and_ratios_are_printed(tmp_path):
     assert f"ratio jaxpure/{name}: {ratio['median']:.2f} (min-max over 2 pairs" in out.stdout
   assert all(len(v) == 2 and min(v) > 0 for v in r["seconds"].values())
   assert r["jaxpure_compile_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_purify_prints_pairwise_ratios_with_their_spread(tmp_path):
+  pytest.importorskip("torch")
+  report = tmp_path / "purify.json"
+  out = _run("bench_purify.py", "--quick", "--batch", "4", "--restarts", "2", "--repeats", "2",
+             "--check_batch", "2", "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  for name, other in (("pytorch_official_loop", "pytorch_official_loop"),
+                      ("pytorch_batched", r["pytorch_batched_is"])):
+    ratio = r["ratios"][f"jaxpure/{name}"]
+    pairs = [o / j for o, j in zip(r["seconds"][other], r["seconds"]["jaxpure"])]
+    assert ratio["pairs"] == 2 and ratio["min"] == min(pairs) and ratio["max"] == max(pairs)
+    assert f"ratio jaxpure/{name}: {ratio['median']:.2f} (min-max over 2 pairs" in out.stdout
