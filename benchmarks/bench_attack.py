@@ -200,17 +200,6 @@ def check_agreement_float64(config, defense, variables, x_np, y_np, seed: int, n
   return out
 
 
-def timed(fn, sync) -> float:
-  start = time.perf_counter()
-  sync(fn())
-  return time.perf_counter() - start
-
-
-def spread(values) -> dict:
-  return {"median": statistics.median(values), "min": min(values), "max": max(values),
-          "pairs": len(values)}
-
-
 # ----------------------------------------------------------------------------- the run
 def run_benchmark(args) -> dict:
   import flax
@@ -343,15 +332,14 @@ def run_benchmark(args) -> dict:
   seconds = {name: [] for name in names}
   for i in range(repeats + 1):
     order = names[i % len(names):] + names[:i % len(names)]
-    took = {name: timed(*runs[name]) for name in order}
+    took = {name: common.timed(*runs[name]) for name in order}
     print(f"{'warm-up' if i == 0 else f'round {i}/{repeats}'}: "
           + ", ".join(f"{name} {took[name]:.3f} s" for name in order), flush=True)
     if i:
       for name, t in took.items():
         seconds[name].append(t)
   median = {name: statistics.median(v) for name, v in seconds.items()}
-  ratios = {f"jaxpure/{name}": spread([t / j for t, j in zip(seconds[name], seconds["jaxpure"])])
-            for name in names[1:]}
+  ratios = {f"jaxpure/{name}": common.pairwise_ratio(seconds, name) for name in names[1:]}
   report.update(seconds=seconds, median_s=median, ratios=ratios,
                 images_per_sec={k: batch / v for k, v in median.items()})
   for name in names:
@@ -361,8 +349,7 @@ def run_benchmark(args) -> dict:
   report["total_wall_s"] = time.perf_counter() - wall_start
   print(f"total wall time: {report['total_wall_s']:.0f} s")
   for key, r in ratios.items():
-    print(f"ratio {key}: {r['median']:.2f} (min-max over {r['pairs']} pairs: "
-          f"{r['min']:.2f}-{r['max']:.2f})")
+    common.print_ratio(key, r)
   return report
 
 

@@ -299,13 +299,6 @@ def flax_torch_max_diff(module, params, x_nhwc, device: str) -> float:
   return float(np.max(np.abs(y_flax - y_torch)))
 
 
-def timed(fn, sync) -> float:
-  """Wall seconds of `sync(fn())`."""
-  start = time.perf_counter()
-  sync(fn())
-  return time.perf_counter() - start
-
-
 # ----------------------------------------------------------------------------- the run
 def run_benchmark(args) -> dict:
   import flax
@@ -411,7 +404,7 @@ def run_benchmark(args) -> dict:
     variables = defense_params(params)
     run_jax = lambda: purifier(variables, x, keys)
     sync_jax = lambda y: y.block_until_ready()
-    first_jax = timed(run_jax, sync_jax)  # compiles
+    first_jax = common.timed(run_jax, sync_jax)  # compiles
     out_jax = np.asarray(run_jax())
 
   variants = torch_variants(jax.device_get(params), ngf, shape[2], settings, torch_device,
@@ -448,7 +441,7 @@ def run_benchmark(args) -> dict:
     runs[name] = ((lambda fn=fn: fn(x0_t)), sync_torch)
   seconds = {name: [] for name in runs}
   for i in range(repeats + 1):
-    took = {name: timed(fn, sync) for name, (fn, sync) in runs.items()}
+    took = {name: common.timed(fn, sync) for name, (fn, sync) in runs.items()}
     print(f"{'warm-up' if i == 0 else f'round {i}/{repeats}'}: "
           + ", ".join(f"{name} {t:.3f} s" for name, t in took.items()), flush=True)
     if i:
@@ -466,20 +459,15 @@ def run_benchmark(args) -> dict:
     print(f"{name}: {ips[name]:.1f} images/s (median {median[name]:.3f} s per batch of "
           f"{batch})")
   print(f"pytorch_batched = {best_batched}")
-  # Each ratio pair by pair: the other's seconds over jaxpure's within the same round (above 1:
-  # jaxpure is faster), with its median and min-max over the rounds.
-  def pairwise(other):
-    values = [o / j for o, j in zip(seconds[other], seconds["jaxpure"])]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "pairs": len(values)}
-  ratios = {"jaxpure/pytorch_official_loop": pairwise("pytorch_official_loop"),
-            "jaxpure/pytorch_batched": pairwise(best_batched)}
+  # Each ratio pair by pair within a round (above 1: jaxpure is faster).
+  ratios = {"jaxpure/pytorch_official_loop": common.pairwise_ratio(seconds,
+                                                                   "pytorch_official_loop"),
+            "jaxpure/pytorch_batched": common.pairwise_ratio(seconds, best_batched)}
   report["ratios"] = ratios
   report["total_wall_s"] = time.perf_counter() - wall_start
   print(f"total wall time: {report['total_wall_s']:.0f} s")
   for name, r in ratios.items():
-    print(f"ratio {name}: {r['median']:.2f} (min-max over {r['pairs']} pairs: "
-          f"{r['min']:.2f}-{r['max']:.2f})")
+    common.print_ratio(name, r)
   return report
 
 

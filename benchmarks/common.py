@@ -3,7 +3,9 @@
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 
 import jax
 
@@ -104,3 +106,24 @@ def run_against_torch(run_benchmark, args, oom_hint: str) -> int:
     raise
   write_json(args.json, report)
   return 0
+
+
+def timed(fn, sync) -> float:
+  """Wall seconds of `sync(fn())`."""
+  start = time.perf_counter()
+  sync(fn())
+  return time.perf_counter() - start
+
+
+def pairwise_ratio(seconds: dict, other: str, base: str = "jaxpure") -> dict:
+  """`other`'s seconds over `base`'s within each round (above 1: `base` is faster), as
+  {"median", "min", "max", "pairs"} over the rounds; seconds: {name: [seconds per round]}."""
+  values = [o / b for o, b in zip(seconds[other], seconds[base])]
+  return {"median": statistics.median(values), "min": min(values), "max": max(values),
+          "pairs": len(values)}
+
+
+def print_ratio(key: str, r: dict) -> None:
+  """One line: the median ratio and its min-max over the pairs."""
+  print(f"ratio {key}: {r['median']:.2f} (min-max over {r['pairs']} pairs: "
+        f"{r['min']:.2f}-{r['max']:.2f})")
