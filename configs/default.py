@@ -164,6 +164,9 @@ def get_config():
   # Forward-only purifications added to each iteration's loss estimate for APGD's decisions
   # (best point, step halving): they compare means over n_eot + decision_samples samples.
   at.apgd_eot.decision_samples = 0
+  # Each run also offers its final iterate to the candidate choice beside its best point (the
+  # best point is picked by noisy estimates; the choice judges with R fresh purifications).
+  at.apgd_eot.final_candidate = False
   # Exact gradient of a surrogate process with fewer purifier steps than the defense runs
   # (Lee & Kim 2023); reported as its own attack, not as the defense's exact gradient.
   at.pgd_eot_surrogate = attack(200, 2 / 255, 20)

@@ -206,6 +206,33 @@ def test_apgd_eot_is_no_weaker_than_a_single_run(losses, warm_restarts):
   assert float(jnp.max(jnp.abs(x_many - x))) <= 0.1 + 1e-6
 
 
+def test_apgd_final_candidate_is_the_run_s_best_or_final_point_whichever_the_defense_rates_worse():
+  params, defense = tiny_params(), tiny_defense(restarts=3)
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(6), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, num_steps=6, n_eot=2, losses=("ce",), final_candidate=True)
+  chosen = np.asarray(jax.jit(A.attack_function("apgd_eot", defense, s))(params, keys, x, y))
+  # The run itself (run 0 draws from fold(keys, 100), its start as apgd's own random start).
+  estimator = eot.exact_eot_gradient(defense, "ce", 2, 0, 0.0, x)
+  best, final = (np.asarray(p) for p in jax.jit(lambda: apgd_lib.apgd(
+      estimator, params, A.fold(keys, 100), x, y, s, with_final=True))())
+  assert not np.array_equal(best, final)
+  pick_keys = A.fold(keys, 3)
+
+  def margin(points):  # the choice's own read-out: R = 3 purifications with its keys
+    return -np.asarray(eot.losses_lib.cw_margin(jnp.mean(jax.nn.softmax(defense.logits(
+        params, jnp.asarray(points), pick_keys, 3), -1), 0), y))
+  m_best, m_final, m_chosen = margin(best), margin(final), margin(chosen)
+  np.testing.assert_allclose(m_chosen, np.minimum(m_best, m_final), atol=1e-6)
+  for i in range(SHAPE[0]):
+    assert np.allclose(chosen[i], best[i], atol=1e-6) or np.allclose(chosen[i], final[i],
+                                                                      atol=1e-6)
+  # without the option the run's best point comes back as it is
+  plain = jax.jit(A.attack_function("apgd_eot", defense, dataclasses.replace(
+      s, final_candidate=False)))(params, keys, x, y)
+  np.testing.assert_allclose(np.asarray(plain), best, atol=1e-6)
+
+
 def test_apgd_warm_restart_starts_from_the_given_point():
   params = tiny_params()
   x, y = _inputs()

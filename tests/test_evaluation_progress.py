@@ -84,3 +84,27 @@ def test_attack_cost_estimates_follow_the_budget():
   one, two = (attacks.purifications("apgd_eot", attacks.AttackSettings(
       num_steps=10, n_eot=2, losses=("ce", "dlr"), warm_restarts=w), 4) for w in (0, 1))
   assert two == 2 * one > 2 * exact
+  # a final-iterate candidate adds the choice's R purifications per candidate
+  single = attacks.AttackSettings(num_steps=10, n_eot=2, losses=("ce",))
+  both = attacks.AttackSettings(num_steps=10, n_eot=2, losses=("ce",), final_candidate=True)
+  assert attacks.purifications("apgd_eot", both, 4) == attacks.purifications(
+      "apgd_eot", single, 4) + 2 * 4
+
+
+@pytest.mark.parametrize("config_name", ["default", "digits", "smoke", "digits_diffpure"])
+def test_every_attack_setting_in_the_config_reaches_the_attack(config_name):
+  """Each key of an attack's config section that names an AttackSettings field arrives in
+  the settings the evaluation builds (a key the evaluation forgot would be silently ignored)."""
+  import dataclasses
+  import importlib
+  from jaxpure import attacks
+  from jaxpure.jobs import evaluation
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  fields = {f.name for f in dataclasses.fields(attacks.AttackSettings)}
+  for name in attacks.ATTACKS:
+    section = config.attack[name]
+    s = evaluation.attack_settings(config, name)
+    for key in section:
+      assert key in fields, (name, key)
+      want = tuple(section[key]) if isinstance(section[key], (list, tuple)) else section[key]
+      assert getattr(s, key) == want, (config_name, name, key)

@@ -13,8 +13,9 @@ driven by a step rule (`pgd.py`, `apgd.py`):
   bpda_eot_adp  ADP's BPDA+EOT: sign of the sum of per-sample gradient signs
   pgd_eot_full  PGD with exact gradients through the whole purifier, averaged over EOT
   apgd_eot      APGD on exact EOT gradients, one run per loss (CE, DLR) plus optional warm
-                restarts from the best point; per example the candidate the defense
-                (R purifications) is furthest from classifying correctly; optional
+                restarts from the best point; per example the candidate (best points,
+                optionally final iterates) the defense (R purifications) is furthest
+                from classifying correctly; optional
                 forward-only decision samples for its noisy decisions
   pgd_eot_surrogate  PGD with exact gradients through a shorter purification (surrogate_steps
                 steps), scored on the full defense (Lee & Kim 2023's surrogate process)
@@ -115,7 +116,8 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
   per_gradient = s.n_eot * (EXACT_GRADIENT_COST if spec.through_purifier else 1.0)
   if name == "apgd_eot":  # its runs, each with a start evaluation, then the candidate choice
     runs = len(s.losses) * (1 + s.warm_restarts)
-    choice = runs * restarts if runs > 1 else 0  # one run: no candidate choice
+    candidates = runs * (2 if s.final_candidate else 1)
+    choice = candidates * restarts if candidates > 1 else 0  # one candidate: no choice
     return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
   return s.num_steps * per_gradient
 
@@ -143,8 +145,9 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
 
 def _apgd_runs(defense: Defense, s: AttackSettings):
   """APGD on exact EOT gradients: per loss in s.losses a run from a random start, then
-  s.warm_restarts runs from that loss's latest best point; per example, the candidate the
-  defense is furthest from classifying correctly.
+  s.warm_restarts runs from that loss's latest best point; per example, the candidate (each
+  run's best point, and its final iterate with s.final_candidate) the defense is furthest from
+  classifying correctly.
 
   The L (1 + warm_restarts) runs are one `lax.scan` whose step is one APGD run, its loss's
   gradient picked by `lax.switch`: each distinct loss's gradient is traced and compiled once
@@ -173,12 +176,14 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
       # A loss's first run starts where apgd's own random start (x_start=None) would.
       start = (random_start(fold(run_keys, jnp.uint32(2**32 - 1)), x, s.norm, radius)
                if s.random_start else x)
-      best = apgd_lib.apgd(estimator, params, run_keys, x, y, s,
-                           jnp.where(is_first, start, best), eps, judge=judge)
-      return best, best
+      best, final = apgd_lib.apgd(estimator, params, run_keys, x, y, s,
+                                  jnp.where(is_first, start, best), eps, judge=judge,
+                                  with_final=True)
+      return best, (jnp.stack([best, final]) if s.final_candidate else best[None])
 
     _, candidates = jax.lax.scan(
         one_run, x, (jnp.arange(len(runs), dtype=jnp.uint32), loss_index, first))
+    candidates = candidates.reshape((-1,) + x.shape)  # [runs * (1 or 2), B, H, W, C]
     return select_candidate(defense, params, fold(keys, 3), candidates, y)
   return run
 

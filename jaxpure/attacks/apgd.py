@@ -39,8 +39,10 @@ START_KEY = 2**32 - 2
 
 
 def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None,
-         judge=None):
-  """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1].
+         judge=None, with_final=False):
+  """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1]; with
+  with_final, (that point, the final iterate: the last step's point, before a halving at the
+  last step would send the iterate back to the best point).
 
   estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
   x_start: [B, H, W, C] starting point inside the ball (default: a random start if
@@ -79,7 +81,8 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
   # compiled once, not also outside the loop); it draws with fold(keys, START_KEY).
   b = x.shape[0]
   zeros_b = jnp.zeros((b,), x.dtype)
-  state = dict(x_prev=x0, x=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0, f_max=zeros_b,
+  state = dict(x_prev=x0, x=x0, x_last=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0,
+               f_max=zeros_b,
                g_max=jnp.zeros_like(x0), eta=jnp.full((b,), eta0, x.dtype), count=zeros_b,
                eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=zeros_b)
 
@@ -105,14 +108,15 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
     new_eta = jnp.where(halve, st["eta"] / 2, st["eta"])
     x_next = jnp.where(hb, x_max, x_new)
     stepped = dict(
-        x_prev=jnp.where(hb, x_max, st["x"]), x=x_next, g=jnp.where(hb, g_max, g_new),
+        x_prev=jnp.where(hb, x_max, st["x"]), x=x_next, x_last=x_new,
+        g=jnp.where(hb, g_max, g_new),
         f=jnp.where(halve, f_max, f_new), x_max=x_max, f_max=f_max, g_max=g_max, eta=new_eta,
         count=jnp.where(at_halving, 0.0, count),
         eta_last=jnp.where(at_halving, new_eta, st["eta_last"]),
         f_max_last=jnp.where(at_halving, f_max, st["f_max_last"]))
-    started = dict(st, x_prev=x0, x=x0, g=g_new, f=f_new, x_max=x0, f_max=f_new, g_max=g_new,
-                   f_max_last=f_new)
+    started = dict(st, x_prev=x0, x=x0, x_last=x0, g=g_new, f=f_new, x_max=x0, f_max=f_new,
+                   g_max=g_new, f_max_last=f_new)
     return {key: jnp.where(start, started[key], stepped[key]) for key in stepped}, None
 
   state, _ = lax.scan(body, state, jnp.arange(-1, n, dtype=jnp.int32))
-  return state["x_max"]
+  return (state["x_max"], state["x_last"]) if with_final else state["x_max"]

@@ -33,7 +33,8 @@ def attack_settings(config, name: str, **changes) -> attacks_lib.AttackSettings:
                 step_size=section.step_size, n_eot=section.n_eot, loss=section.loss)
   if "losses" in section:  # APGD's runs
     kwargs.update(losses=tuple(section.losses), warm_restarts=section.warm_restarts,
-                  decision_samples=section.decision_samples)
+                  decision_samples=section.decision_samples,
+                  final_candidate=section.final_candidate)
   if "surrogate_steps" in section:
     kwargs.update(surrogate_steps=section.surrogate_steps)
   through = attacks_lib.SPECS[name].through_purifier
