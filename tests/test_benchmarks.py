@@ -121,3 +121,21 @@ def test_bench_purify_prints_pairwise_ratios_with_their_spread(tmp_path):
     pairs = [o / j for o, j in zip(r["seconds"][other], r["seconds"]["jaxpure"])]
     assert ratio["pairs"] == 2 and ratio["min"] == min(pairs) and ratio["max"] == max(pairs)
     assert f"ratio jaxpure/{name}: {ratio['median']:.2f} (min-max over 2 pairs" in out.stdout
+
+
+@pytest.mark.slow  # a benchmark script end to end (a process per setting, minutes on 2 cores)
+def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path):
+  report = tmp_path / "flags.json"
+  out = _run("bench_xla_flags.py", "--batch", "2", "--restarts", "2", "--repeats", "1",
+             "--rounds", "1", "--flags=--xla_cpu_use_onednn=true",
+             "--flags=--xla_cpu_no_such_flag=1", "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  base = r["seconds"]["baseline"][0]
+  assert base["forward"] > 0 and base["gradient"] > 0
+  known = r["ratios"]["--xla_cpu_use_onednn=true forward"]
+  assert known["pairs"] == 1 and known["median"] == pytest.approx(
+      base["forward"] / r["seconds"]["--xla_cpu_use_onednn=true"][0]["forward"])
+  assert r["seconds"]["--xla_cpu_no_such_flag=1"] == [None]
+  assert "--xla_cpu_no_such_flag=1: failed" in out.stdout
+  assert "ratio baseline/flag gradient [--xla_cpu_use_onednn=true]" in out.stdout

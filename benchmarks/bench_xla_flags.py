@@ -1,0 +1,141 @@
+"""Does an XLA:CPU flag make jaxpure's purifier or its exact gradient faster?
+
+Times, under each XLA_FLAGS setting, the ADP defense's forward purification (B images, all R
+restarts and T steps; `Defense.make_purifier`) and the exact EOT gradient of its loss (B
+images, EOT 2; `attacks.eot.exact_eot_gradient`), digits nets (configs/digits.py, random
+initialisation). Flags are fixed when a process starts, so each setting runs in its own
+process; the settings take turns, round after round (baseline, flag 1, ..., baseline, flag
+1, ...), and each flag's ratio (baseline seconds / its seconds: above 1, the flag is faster)
+is taken against the baseline of its own round, printed as the median with its min-max over
+the rounds. Each flag is added to the XLA_FLAGS this script was started with (the baseline).
+
+  python benchmarks/bench_xla_flags.py --rounds 2                   # ~8 minutes on 2 cores
+  python benchmarks/bench_xla_flags.py --flags=--xla_cpu_enable_fast_math=true
+
+Without --flags it tries the XLA:CPU flags that route convolutions to other libraries
+(XNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does not know
+makes its process fail: that flag is reported as failed, the others go on.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+DEFAULT_FLAGS = (
+    "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "--xla_cpu_experimental_onednn_custom_call=true",
+    "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+)
+MARK = "bench_xla_flags:"
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--flags", action="append", default=None,
+                 help="an XLA_FLAGS setting to compare with the baseline (repeatable)")
+  p.add_argument("--batch", type=int, default=256, help="images B")
+  p.add_argument("--restarts", type=int, default=10, help="R of the forward purification")
+  p.add_argument("--repeats", type=int, default=3, help="timed calls per process (median)")
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if min(args.batch, args.restarts, args.repeats, args.rounds) < 1:
+    p.error("--batch, --restarts, --repeats and --rounds must be >= 1")
+  return args
+
+
+def child(args) -> None:
+  """Times forward and gradient in this process (its XLA_FLAGS) and prints one JSON line."""
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import common
+  from configs import digits
+  from jaxpure import attacks, model_specs, parallel, purifiers
+  from jaxpure.defense import Defense
+  from jaxpure.jobs import train
+  from jaxpure.purifiers.common import example_keys
+  config = digits.get_config()
+  mesh = parallel.make_mesh(jax.devices("cpu")[:1])
+  params = {}
+  for name, spec in (("score", model_specs.SCORE), ("classifier", model_specs.CLASSIFIER)):
+    state = train.init_train_state(spec, config, spec.build(config), jax.random.key(len(name)),
+                                   mesh)
+    params[name] = {"params": state.ema_params, **state.model_state}
+  family = purifiers.get("adp")
+  defense = Defense(score_fn=model_specs.score_fn(config),
+                    logits_fn=model_specs.logits_fn(config), family=family, settings=family.Settings(**dict(config.purifiers.adp)),
+                    restarts=args.restarts)
+  b = args.batch
+  x = jax.random.uniform(jax.random.key(2), (b,) + model_specs.image_shape(config))
+  y = jnp.arange(b) % 10  # digits: 10 classes
+  keys = example_keys(jax.random.key(3), jnp.arange(b))
+  purify = defense.make_purifier(args.restarts)
+  gradient = jax.jit(attacks.eot.exact_eot_gradient(defense, "ce", 2, 0, 0.0, x))
+  out = {}
+  for name, fn in (("forward", lambda: purify(params, x, keys)),
+                   ("gradient", lambda: gradient(params, keys, x, y))):
+    jax.block_until_ready(fn())  # compiles
+    out[name] = statistics.median(common.timed(fn, jax.block_until_ready)
+                                  for _ in range(args.repeats))
+  print(MARK + json.dumps(out), flush=True)
+
+
+def run_setting(args, flag: str | None) -> dict | None:
+  """The child's timings with `flag` added to this process's XLA_FLAGS (None: the baseline),
+  or None (and a line saying why) if its process failed."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
+         "--restarts", str(args.restarts), "--repeats", str(args.repeats)]
+  flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flag or "") if f)
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+  for line in out.stdout.splitlines():
+    if line.startswith(MARK):
+      return json.loads(line[len(MARK):])
+  tail = " ".join(out.stderr.strip().splitlines()[-1:])[:200]
+  print(f"  {flag or 'baseline'}: failed (exit {out.returncode}): {tail}", flush=True)
+  return None
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.child:
+    child(args)
+    return 0
+  from benchmarks import common
+  import jax
+  common.print_header("XLA:CPU flags: ADP purifier forward and exact EOT gradient (digits)",
+                      common.describe(jax.devices("cpu")[0]))
+  print(f"B {args.batch}, R {args.restarts} (forward), EOT 2 (gradient), "
+        f"{args.repeats} timed calls per process, {args.rounds} rounds")
+  names = ["baseline"] + list(args.flags or DEFAULT_FLAGS)
+  seconds = {n: [] for n in names}
+  for r in range(args.rounds):
+    for n in names:
+      t = run_setting(args, None if n == "baseline" else n)
+      seconds[n].append(t)
+      if t:
+        print(f"round {r + 1} {n}: forward {t['forward']:.3f} s, "
+              f"gradient {t['gradient']:.3f} s", flush=True)
+  report = {"xla_flags_of_all": os.environ.get("XLA_FLAGS", ""), "seconds": seconds,
+            "ratios": {}}
+  for n in names[1:]:
+    for part in ("forward", "gradient"):
+      pairs = [b[part] / t[part] for b, t in zip(seconds["baseline"], seconds[n]) if b and t]
+      if pairs:
+        r = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
+             "pairs": len(pairs)}
+        report["ratios"][f"{n} {part}"] = r
+        common.print_ratio(f"baseline/flag {part} [{n}]", r)
+  common.write_json(args.json, report)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
