@@ -9,12 +9,13 @@ process; the settings take turns, round after round (baseline, flag 1, ..., base
 is taken against the baseline of its own round, printed as the median with its min-max over
 the rounds. Each flag is added to the XLA_FLAGS this script was started with (the baseline).
 
-  python benchmarks/bench_xla_flags.py --rounds 2                   # ~8 minutes on 2 cores
+  python benchmarks/bench_xla_flags.py --rounds 2                   # ~20 minutes on 2 cores
   python benchmarks/bench_xla_flags.py --flags=--xla_cpu_enable_fast_math=true
 
 Without --flags it tries the XLA:CPU flags that route convolutions to other libraries
 (XNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does not know
-makes its process fail: that flag is reported as failed, the others go on.
+makes its process fail: that flag is reported as failed, the others go on (a process still
+running after --timeout seconds too). Without a single baseline timing it exits 1.
 """
 
 import argparse
@@ -43,11 +44,17 @@ def parse_args(argv=None):
   p.add_argument("--restarts", type=int, default=10, help="R of the forward purification")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per process (median)")
   p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--timeout", type=float, default=1200, help="seconds per process")
   p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  if min(args.batch, args.restarts, args.repeats, args.rounds) < 1:
-    p.error("--batch, --restarts, --repeats and --rounds must be >= 1")
+  if min(args.batch, args.restarts, args.repeats, args.rounds) < 1 or not args.timeout > 0:
+    p.error("--batch, --restarts, --repeats, --rounds and --timeout must be positive")
+  if args.flags is not None:
+    if any(not f.strip() or f.strip() == "baseline" for f in args.flags):
+      p.error("--flags: each value must be a non-empty XLA flag (the baseline always runs)")
+    if len(set(args.flags)) != len(args.flags):
+      p.error("--flags: a flag is given twice")
   return args
 
 
@@ -94,7 +101,12 @@ def run_setting(args, flag: str | None) -> dict | None:
          "--restarts", str(args.restarts), "--repeats", str(args.repeats)]
   flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flag or "") if f)
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-  out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                         timeout=args.timeout)
+  except subprocess.TimeoutExpired:
+    print(f"  {flag or 'baseline'}: failed (still running after {args.timeout:g} s)", flush=True)
+    return None
   for line in out.stdout.splitlines():
     if line.startswith(MARK):
       return json.loads(line[len(MARK):])
@@ -108,6 +120,7 @@ def main(argv=None) -> int:
   if args.child:
     child(args)
     return 0
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the parent only reports the CPU
   from benchmarks import common
   import jax
   common.print_header("XLA:CPU flags: ADP purifier forward and exact EOT gradient (digits)",
@@ -127,13 +140,16 @@ def main(argv=None) -> int:
             "ratios": {}}
   for n in names[1:]:
     for part in ("forward", "gradient"):
-      pairs = [b[part] / t[part] for b, t in zip(seconds["baseline"], seconds[n]) if b and t]
-      if pairs:
-        r = {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs),
-             "pairs": len(pairs)}
+      rounds = [(b[part], t[part]) for b, t in zip(seconds["baseline"], seconds[n]) if b and t]
+      if rounds:  # baseline seconds / flag seconds, round by round
+        r = common.pairwise_ratio({"baseline": [b for b, _ in rounds],
+                                   "flag": [t for _, t in rounds]}, "baseline", base="flag")
         report["ratios"][f"{n} {part}"] = r
         common.print_ratio(f"baseline/flag {part} [{n}]", r)
   common.write_json(args.json, report)
+  if not any(seconds["baseline"]):
+    print("error: the baseline never ran, so there is no ratio", file=sys.stderr)
+    return 1
   return 0
 
 

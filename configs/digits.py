@@ -76,8 +76,9 @@ def get_config():
   # APGD at PGD's budget (120 exact gradient samples per example: 59 steps + its start, EOT
   # 2), APGD-CE, chosen on the same held-out digits 256-359: with 4 decision samples 0.242 +-
   # 0.035, and with the final iterate also offered to the candidate choice 0.233 +- 0.035,
-  # against PGD 60 x 0.04 at 0.215 +- 0.040 there. (At 40 steps: CE + DLR 19 steps each 0.250, APGD-CE 39 steps 0.212,
-  # with 8 decision samples 0.192, PGD 40 x 0.02 0.183.) The decision samples (forward only)
+  # against PGD 60 x 0.04 at 0.215 +- 0.040 there. (An earlier tuning at 40 steps, with other
+  # attack keys: CE + DLR 19 steps each 0.250, APGD-CE 39 steps 0.212, with 8 decision samples
+  # 0.192, PGD 40 x 0.02 0.183.) The decision samples (forward only)
   # make its best-point and step-halving choices less noisy; the final iterate guards the
   # best point against the winner's curse (the choice judges both with R fresh purifications).
   config.attack.apgd_eot.update(num_steps=59, step_size=0.025, n_eot=2, losses=("ce",),

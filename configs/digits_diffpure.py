@@ -38,7 +38,7 @@ def get_config():
   config.attack.pgd_eot_surrogate.update(num_steps=40, step_size=0.02, n_eot=2)
   # APGD at that gradient budget (39 steps + start, EOT 2), without decision samples: with a
   # DDPM++ purification 8 forward-only samples per iteration would more than double APGD's
-  # cost (312 extra purifications per image) and put the four-attack evaluation past an
+  # cost (320 extra purifications per image) and put the four-attack evaluation past an
   # hour on 2 CPU cores.
   config.attack.apgd_eot.update(num_steps=39, decision_samples=0, final_candidate=False)
   return config

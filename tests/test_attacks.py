@@ -223,6 +223,7 @@ def test_apgd_final_candidate_is_the_run_s_best_or_final_point_whichever_the_def
     return -np.asarray(eot.losses_lib.cw_margin(jnp.mean(jax.nn.softmax(defense.logits(
         params, jnp.asarray(points), pick_keys, 3), -1), 0), y))
   m_best, m_final, m_chosen = margin(best), margin(final), margin(chosen)
+  assert (m_final < m_best - 1e-6).any()  # the final iterate wins somewhere: it is offered
   np.testing.assert_allclose(m_chosen, np.minimum(m_best, m_final), atol=1e-6)
   for i in range(SHAPE[0]):
     assert np.allclose(chosen[i], best[i], atol=1e-6) or np.allclose(chosen[i], final[i],
@@ -231,6 +232,23 @@ def test_apgd_final_candidate_is_the_run_s_best_or_final_point_whichever_the_def
   plain = jax.jit(A.attack_function("apgd_eot", defense, dataclasses.replace(
       s, final_candidate=False)))(params, keys, x, y)
   np.testing.assert_allclose(np.asarray(plain), best, atol=1e-6)
+
+
+def test_apgd_final_iterate_is_the_last_step_even_when_the_last_step_halves():
+  params = tiny_params()
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(9), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, num_steps=6, n_eot=1)
+  assert apgd_lib.halving_points(6)[-1] == 6  # the last step is a halving point
+  start = A.project(x + 0.1 * jnp.sign(jax.random.normal(jax.random.key(1), x.shape)), x,
+                    "linf", 0.1)
+  # A loss that never rises: every halving point halves and sends the iterate back to the
+  # best point, the start; the last step's point still moved away from it.
+  flat = lambda p, k, xx, yy: (jnp.zeros(xx.shape[0]), -jnp.sign(start - x) + 0 * xx)
+  best, final = apgd_lib.apgd(flat, params, keys, x, y, s, start, with_final=True)
+  np.testing.assert_array_equal(np.asarray(best), np.asarray(start))
+  assert not np.array_equal(np.asarray(final), np.asarray(start))
+  assert float(jnp.max(jnp.abs(final - x))) <= 0.1 + 1e-6
 
 
 def test_apgd_warm_restart_starts_from_the_given_point():

@@ -101,10 +101,23 @@ def test_every_attack_setting_in_the_config_reaches_the_attack(config_name):
   from jaxpure.jobs import evaluation
   config = importlib.import_module(f"configs.{config_name}").get_config()
   fields = {f.name for f in dataclasses.fields(attacks.AttackSettings)}
+
+  def changed(value):  # another valid value of the same kind
+    if isinstance(value, bool):
+      return not value
+    if isinstance(value, (int, float)):
+      return value + 1 if isinstance(value, int) else value * 2 + 0.01
+    if isinstance(value, str):
+      return "dlr" if value != "dlr" else "ce"
+    return ("dlr",) if tuple(value) != ("dlr",) else ("ce",)
+
   for name in attacks.ATTACKS:
     section = config.attack[name]
-    s = evaluation.attack_settings(config, name)
     for key in section:
       assert key in fields, (name, key)
-      want = tuple(section[key]) if isinstance(section[key], (list, tuple)) else section[key]
-      assert getattr(s, key) == want, (config_name, name, key)
+      original = section[key]
+      for value in (changed(original), original):  # a changed value, then the config's again
+        section[key] = value
+        s = evaluation.attack_settings(config, name)
+        want = tuple(value) if isinstance(value, (list, tuple)) else value
+        assert getattr(s, key) == want, (config_name, name, key, value)
