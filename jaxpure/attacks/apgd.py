@@ -82,9 +82,8 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
   b = x.shape[0]
   zeros_b = jnp.zeros((b,), x.dtype)
   state = dict(x_prev=x0, x=x0, x_last=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0,
-               f_max=zeros_b,
-               g_max=jnp.zeros_like(x0), eta=jnp.full((b,), eta0, x.dtype), count=zeros_b,
-               eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=zeros_b)
+               f_max=zeros_b, g_max=jnp.zeros_like(x0), eta=jnp.full((b,), eta0, x.dtype),
+               count=zeros_b, eta_last=jnp.full((b,), eta0, x.dtype), f_max_last=zeros_b)
 
   def body(st, k):
     start = k < 0

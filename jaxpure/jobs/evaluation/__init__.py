@@ -29,14 +29,14 @@ def attack_settings(config, name: str, **changes) -> attacks_lib.AttackSettings:
   if name not in attacks_lib.ATTACKS:
     raise ConfigError(f"unknown attack {name!r}; expected names from {attacks_lib.ATTACKS}")
   section = config.attack[name]
-  kwargs = dict(norm=config.attack.norm, eps=config.attack.eps, num_steps=section.num_steps,
-                step_size=section.step_size, n_eot=section.n_eot, loss=section.loss)
-  if "losses" in section:  # APGD's runs
-    kwargs.update(losses=tuple(section.losses), warm_restarts=section.warm_restarts,
-                  decision_samples=section.decision_samples,
-                  final_candidate=section.final_candidate)
-  if "surrogate_steps" in section:
-    kwargs.update(surrogate_steps=section.surrogate_steps)
+  # Every key of the attack's own section is an AttackSettings field and goes through as it is.
+  fields = {f.name for f in dataclasses.fields(attacks_lib.AttackSettings)}
+  unknown = sorted(set(section) - fields)
+  if unknown:
+    raise ConfigError(f"config.attack.{name}: unknown settings {unknown}; expected fields of "
+                      f"AttackSettings {sorted(fields)}")
+  kwargs = dict(norm=config.attack.norm, eps=config.attack.eps)
+  kwargs.update({k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items()})
   through = attacks_lib.SPECS[name].through_purifier
   if through:
     kwargs.update(deviation_weight=config.attack.deviation_weight)
