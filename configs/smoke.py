@@ -19,7 +19,7 @@ def get_config():
                "pgd_eot_surrogate"):
     config.attack[name].update(num_steps=2, n_eot=2)
   config.attack.pgd_eot_surrogate.surrogate_steps = 1
-  # both losses (the lax.switch between their gradients) and a few decision samples
+  # both losses (their heads switched inside one gradient) and a few decision samples
   config.attack.apgd_eot.update(warm_restarts=0, losses=("ce", "dlr"), decision_samples=2)
   config.eval.budget_examples = 0  # budget curves only where a test asks for them
   return config

@@ -317,34 +317,64 @@ def test_bad_attack_settings_name_the_field(bad, fragment):
 
 
 @pytest.mark.parametrize("eot_chunk", [0, 1])
-def test_apgd_eot_traces_each_loss_gradient_a_fixed_number_of_times(monkeypatch, eot_chunk):
-  """The runs (losses x (1 + warm restarts)) share one traced gradient per loss: the number
-  of times a loss is traced does not grow with the warm restarts, and is one: APGD's start
-  evaluation is iteration -1 of its step's scan, so the program holds one copy of the
-  gradient per loss."""
+def test_apgd_eot_differentiates_the_purifier_once_whatever_the_losses_and_restarts(
+    monkeypatch, eot_chunk):
+  """The runs (losses x (1 + warm restarts)) share one traced gradient: each loss head is
+  traced once, and the score network as often for two losses with three warm restarts as for
+  one loss alone (APGD's start evaluation is iteration -1 of its step's scan, and the loss is
+  switched on the logits inside one gradient), so the program holds one copy of the gradient
+  through the purifier."""
   params, defense = tiny_params(), tiny_defense(restarts=2)
   x, y = _inputs()
   keys = example_keys(jax.random.key(6), jnp.arange(SHAPE[0]))
 
-  def traces(warm_restarts):
-    counts = {"ce": 0, "dlr": 0}
+  def traces(losses, warm_restarts, decision_samples=0):
+    counts = {"ce": 0, "dlr": 0, "score": 0}
 
     def counting(name, fn):
-      def loss(*args):
+      def counted(*args):
         counts[name] += 1
         return fn(*args)
-      return loss
+      return counted
     with monkeypatch.context() as m:
-      for name in counts:
+      for name in ("ce", "dlr"):
         m.setitem(eot.losses_lib.LOSSES, name, counting(name, eot.losses_lib.LOSSES[name]))
-      s = A.AttackSettings(eps=0.1, num_steps=3, n_eot=2, losses=("ce", "dlr"),
-                           warm_restarts=warm_restarts, eot_chunk=eot_chunk)
-      jax.make_jaxpr(A.attack_function("apgd_eot", defense, s))(params, keys, x, y)
+      counted_defense = dataclasses.replace(defense, score_fn=counting("score", h_tiny))
+      s = A.AttackSettings(eps=0.1, num_steps=3, n_eot=2, losses=losses,
+                           warm_restarts=warm_restarts, eot_chunk=eot_chunk,
+                           decision_samples=decision_samples)
+      jax.make_jaxpr(A.attack_function("apgd_eot", counted_defense, s))(params, keys, x, y)
     return counts
 
-  few, many = traces(0), traces(3)
+  # (one loss with a warm restart: two runs, so the candidate choice's purification is there
+  # too, as with two losses)
+  one, few, many = traces(("ce",), 1), traces(("ce", "dlr"), 0), traces(("ce", "dlr"), 3)
   assert few == many, (few, many)
-  assert all(n == 1 for n in many.values()), many
+  assert many["ce"] == many["dlr"] == 1, many
+  assert many["score"] == one["score"] > 0, (one, many)
+  # forward-only decision samples add their own (non-differentiated) purification, once
+  judged_one, judged_many = traces(("ce",), 1, 2), traces(("ce", "dlr"), 3, 2)
+  assert judged_many["score"] == judged_one["score"] > one["score"], (judged_one, judged_many)
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_a_switched_loss_gives_each_loss_s_exact_gradient(chunk):
+  """exact_eot_gradient with `losses.switched(names, i)` is, for each index i, the gradient
+  of the loss names[i] (what APGD's runs over several losses use). float64: ADP's
+  finite-difference step size amplifies float32 rounding differences between programs."""
+  with jax.enable_x64(True):
+    params, defense = tiny_params(np.float64), tiny_defense()
+    x, y = _inputs(dtype=np.float64)
+    keys = example_keys(jax.random.key(8), jnp.arange(SHAPE[0]))
+    names = ("ce", "dlr", "cw")
+    switched = jax.jit(lambda i: eot.exact_eot_gradient(
+        defense, eot.losses_lib.switched(names, i), 2, chunk)(params, keys, x, y))
+    for i, name in enumerate(names):
+      want = eot.exact_eot_gradient(defense, name, 2, chunk)(params, keys, x, y)
+      got = switched(jnp.int32(i))
+      for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+  assert eot.losses_lib.switched(("dlr",), jnp.int32(0)) is eot.losses_lib.LOSSES["dlr"]
 
 
 def test_a_recorded_trajectory_point_is_the_shorter_attack():

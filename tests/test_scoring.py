@@ -1,6 +1,8 @@
 """Scoring attacked points: N independent runs of the defense, the worst case over attacks,
 and EOT samples differentiated in chunks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from jaxpure import attacks as attacks_lib
 from jaxpure.attacks import eot
 from jaxpure.defense import Defense
-from jaxpure.jobs.evaluation import report
+from jaxpure.jobs.evaluation import report, units
 from jaxpure.purifiers import adp, common
 
 
@@ -67,6 +69,68 @@ def test_eot_in_chunks_gives_the_same_loss_and_gradient():
     assert np.abs(np.asarray(whole[1])).max() > 1e-3  # a real gradient
   with pytest.raises(ValueError, match="divide"):
     eot.exact_eot_gradient(defense, "ce", 6, chunk=4)
+
+
+def _unit_inputs(b=6, k=4, sigma_n=0.3):
+  rng = np.random.default_rng(4)
+  defense = Defense(score_fn=_h, logits_fn=_logits, family=adp,
+                    settings=adp.Settings(sigma_n=sigma_n, max_iter=2), restarts=2)
+  params = {"score": {"w": jnp.asarray(rng.normal(size=(16, 16)) * 0.5, jnp.float32)},
+            "classifier": {"v": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+                           "u": jnp.asarray(rng.normal(size=(8, k)), jnp.float32)}}
+  batch = {"image": jnp.asarray(rng.uniform(0.2, 0.8, size=(b, 4, 4, 1)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, k, size=b)), "index": jnp.arange(b) + 10}
+  return defense, params, batch
+
+
+def test_each_scoring_run_is_the_defense_with_its_own_keys():
+  """An attack unit's run r scores the attacked points with the defense under the scoring key
+  fold_in(s, r) (run 0: s itself), s the unit's scoring key: each run equals a direct
+  prediction with that key, and the runs differ (independent randomness)."""
+  defense, params, batch = _unit_inputs(b=64, sigma_n=1.0)  # noisy: runs disagree
+  attack_key, eval_key = jax.random.key(1), jax.random.key(2)
+  s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=2)
+  runs = 4
+  unit = units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 64, 0,
+                           scoring_runs=runs)
+  out = jax.jit(unit.fn)(params, batch, unit.dynamic)
+  assert out["defended_correct"].shape == (runs, 64)
+  s_key = jax.random.fold_in(eval_key, units.tag("pgd_clf"))
+  for r in range(runs):
+    key = s_key if r == 0 else jax.random.fold_in(s_key, r)
+    probs = defense.predict(params, out["x_adv"], common.example_keys(key, batch["index"]))
+    np.testing.assert_array_equal(np.asarray(out["defended_correct"][r]),
+                                  np.asarray(probs["mean_softmax"] == batch["label"]))
+  assert len({np.asarray(c).tobytes() for c in out["defended_correct"]}) > 1
+
+
+def test_each_budget_curve_row_is_the_attack_at_that_budget():
+  """Each row of the budget unit's curves is the attack unit's result at that budget (same
+  keys), run by run: the full-budget point (last step count, all EOT samples) is the attack's
+  own result, the shorter ones are the attack with fewer steps or EOT samples."""
+  defense, params, batch = _unit_inputs(b=64)
+  attack_key, eval_key = jax.random.key(3), jax.random.key(4)
+  s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=4, n_eot=2)
+  runs = 3
+  attack = units.attack_unit("pgd_eot_full", "pgd_eot_full", s, defense, attack_key, eval_key,
+                             64, 0, scoring_runs=runs)
+  budget = units.budget_unit("pgd_eot_full", s, defense, attack_key, eval_key, 64, 0, 64,
+                             scoring_runs=runs)
+  whole = jax.jit(attack.fn)(params, batch, attack.dynamic)["defended_correct"]
+  curves = jax.jit(budget.fn)(params, batch, budget.dynamic)
+  assert curves["steps_correct"].shape == (3, runs, 64)  # steps 1, 2, 4
+  assert curves["eot_correct"].shape == (2, runs, 64)  # EOT 1, 2
+  np.testing.assert_array_equal(np.asarray(curves["steps_correct"][-1]), np.asarray(whole))
+  np.testing.assert_array_equal(np.asarray(curves["eot_correct"][-1]), np.asarray(whole))
+  # every other row is the attack unit at that budget (same keys), run by run
+  for row, budget in ((curves["steps_correct"][0], dict(num_steps=1)),
+                      (curves["steps_correct"][1], dict(num_steps=2)),
+                      (curves["eot_correct"][0], dict(n_eot=1))):
+    shorter = units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
+        s, **budget), defense, attack_key, eval_key, 64, 0, scoring_runs=runs)
+    np.testing.assert_array_equal(np.asarray(row), np.asarray(jax.jit(shorter.fn)(
+        params, batch, shorter.dynamic)["defended_correct"]))
+  assert not np.array_equal(np.asarray(curves["steps_correct"][0]), np.asarray(whole))
 
 
 def _curve(accuracies, n=64):

@@ -149,13 +149,12 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
   run's best point, and its final iterate with s.final_candidate) the defense is furthest from
   classifying correctly.
 
-  The L (1 + warm_restarts) runs are one `lax.scan` whose step is one APGD run, its loss's
-  gradient picked by `lax.switch`: each distinct loss's gradient is traced and compiled once
-  (APGD's start evaluation is iteration -1 of its step scan), however many runs and warm
-  restarts there are.
-  Run j draws its noise from fold(keys, 100 + j), as when the runs are unrolled."""
+  The L (1 + warm_restarts) runs are one `lax.scan` whose step is one APGD run, and the runs'
+  losses are one loss head picked by `lax.switch` on the logits (`losses.switched`): the
+  program differentiates the purifier once, however many losses, runs and warm restarts there
+  are (APGD's start evaluation is iteration -1 of its step scan). Run j draws its noise from
+  fold(keys, 100 + j), as when the runs are unrolled."""
   names = tuple(dict.fromkeys(s.losses))  # distinct, in order
-  judges = [eot.eot_loss(defense, name, s.decision_samples) for name in names]
   runs = [(names.index(loss), r == 0) for loss in s.losses for r in range(1 + s.warm_restarts)]
   loss_index = jnp.asarray([i for i, _ in runs], jnp.int32)
   first = jnp.asarray([f for _, f in runs])
@@ -164,15 +163,14 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
     del step_size  # APGD sets its own (2 eps, halved)
     keys = per_example_keys(keys, x.shape[0])
     radius = s.eps if eps is None else eps
-    estimators = [eot.exact_eot_gradient(defense, name, s.n_eot, s.eot_chunk,
-                                         s.deviation_weight, x) for name in names]
 
     def one_run(best, xs):
       j, index, is_first = xs
       run_keys = fold(keys, 100 + j)
-      estimator = lambda *args: jax.lax.switch(index, estimators, *args)  # noqa: E731
-      judge = (lambda *args: jax.lax.switch(index, judges, *args)  # noqa: E731
-               if s.decision_samples else None)
+      loss = losses_lib.switched(names, index)
+      estimator = eot.exact_eot_gradient(defense, loss, s.n_eot, s.eot_chunk,
+                                         s.deviation_weight, x)
+      judge = eot.eot_loss(defense, loss, s.decision_samples) if s.decision_samples else None
       # A loss's first run starts where apgd's own random start (x_start=None) would.
       start = (random_start(fold(run_keys, jnp.uint32(2**32 - 1)), x, s.norm, radius)
                if s.random_start else x)

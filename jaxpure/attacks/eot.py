@@ -4,6 +4,8 @@ g has x's shape [B, H, W, C] and is the direction the attack ascends. Each estim
 its purifications from the per-example keys it is given (the attack folds in the iteration).
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -35,7 +37,7 @@ def deviation(adv_iterates, clean_iterates):
   return jnp.mean(d, axis=(0,) + tuple(range(2, d.ndim)))
 
 
-def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0,
+def exact_eot_gradient(defense: Defense, loss: str | Callable, n_eot: int, chunk: int = 0,
                        deviation_weight: float = 0.0, x_clean=None):
   """Exact gradient, by jax.grad through the whole purifier (noise, every scan step, the
   adaptive step size and the stopping mask), of the loss averaged over n_eot purifications.
@@ -45,8 +47,9 @@ def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0,
   of `chunk` samples: Croce et al.'s EOT 200 on CIFAR-10).
   deviation_weight > 0 (needs x_clean [B, H, W, C], the unattacked input): the loss also
   counts that weight times `deviation` of each sample's iterates from x_clean's, purified with
-  the same keys."""
-  loss_fn = losses_lib.LOSSES[loss]
+  the same keys. loss: a name in `losses.LOSSES` or a function (logits [..., B, K], y [B])
+  -> [..., B]."""
+  loss_fn = losses_lib.resolve(loss)
   if chunk and n_eot % chunk:
     raise ValueError(f"eot_chunk={chunk} must divide n_eot={n_eot}")
   if deviation_weight and x_clean is None:
@@ -78,10 +81,11 @@ def exact_eot_gradient(defense: Defense, loss: str, n_eot: int, chunk: int = 0,
   return estimator
 
 
-def eot_loss(defense: Defense, loss: str, n: int):
+def eot_loss(defense: Defense, loss: str | Callable, n: int):
   """Forward only: `fn(params, keys, x, y)` -> the loss [B] averaged over n purifications
-  drawn from keys (no gradient; APGD's decision samples)."""
-  loss_fn = losses_lib.LOSSES[loss]
+  drawn from keys (no gradient; APGD's decision samples). loss: a name or a function, as in
+  `exact_eot_gradient`."""
+  loss_fn = losses_lib.resolve(loss)
 
   def fn(params, keys, x, y):
     logits = defense.logits(params, jax.lax.stop_gradient(x), keys, n)  # [n, B, K]

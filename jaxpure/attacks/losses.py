@@ -34,3 +34,20 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 LOSSES = {"ce": per_example_cross_entropy, "cw": cw_margin, "dlr": dlr}
+
+
+def resolve(loss):
+  """The loss function `fn(logits [..., B, K], y [B]) -> [..., B]` that `loss` names: `loss`
+  itself if it is callable, else LOSSES[loss]."""
+  return loss if callable(loss) else LOSSES[loss]
+
+
+def switched(names, index):
+  """`fn(logits [..., B, K], y [B]) -> [..., B]`: the loss LOSSES[names[index]] for an int32
+  scalar `index` (traced), by `lax.switch` on the logits: one program holds every loss's head
+  but differentiates the network once (APGD's runs over several losses share one gradient
+  through the purifier). One name: that loss itself."""
+  fns = [LOSSES[n] for n in names]
+  if len(fns) == 1:
+    return fns[0]
+  return lambda logits, y: jax.lax.switch(index, fns, logits, y)

@@ -42,6 +42,25 @@ def tag(name: str) -> int:
   return zlib.crc32(name.encode())
 
 
+def scoring_keys(key, runs: int):
+  """The keys [runs] of `runs` independent scorings: run 0 uses `key` itself, run r > 0
+  fold_in(key, r)."""
+  return jnp.stack([key] + [jax.random.fold_in(key, r) for r in range(1, runs)])
+
+
+def scoring_correct(defense: Defense, params, points, which, y, index, keys):
+  """[K, B] bool: scoring k asks whether the defense (R purifications, mean softmax)
+  classifies points[which[k]] [B, H, W, C] as y [B] with the k-th scoring key of keys [K]
+  (per-example keys fold in `index` [B]). points: [P, B, H, W, C]; which: [K] int32 in
+  [0, P). The K scorings go through one `lax.map` (one compiled copy of the defense,
+  whatever K), each reading its point by index (no copies of the points)."""
+  correct = lambda a: defense.predict(  # noqa: E731
+      params, points[a[0]], example_keys(a[1], index))["mean_softmax"] == y
+  if keys.shape[0] == 1:
+    return correct((which[0], keys[0]))[None]
+  return jax.lax.map(correct, (which, keys))
+
+
 def clean_unit(defense: Defense, eval_key, batch_size: int) -> Unit:
   """Clean and defended accuracy with the per-step trace (`Defense.batch_statistics`)."""
 
@@ -78,13 +97,12 @@ def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: De
       a_k, s_k, eps, step = a_key, s_key, None, None
     x, y = batch["image"], batch["label"]
     x_adv = attack(params, example_keys(a_k, batch["index"]), x, y, eps, step)
-    runs = [defense.predict(params, x_adv, example_keys(
-        s_k if r == 0 else jax.random.fold_in(s_k, r), batch["index"]))["mean_softmax"] == y
-            for r in range(scoring_runs)]
+    runs = scoring_correct(defense, params, x_adv[None], jnp.zeros(scoring_runs, jnp.int32), y,
+                           batch["index"], scoring_keys(s_k, scoring_runs))
     bare = jnp.argmax(defense.classify(params, x_adv), -1) == y
     dist = (jnp.max(jnp.abs(x_adv - x), axis=(1, 2, 3)) if s.norm == "linf"
             else jnp.sqrt(jnp.sum((x_adv - x) ** 2, axis=(1, 2, 3))))
-    return {"defended_correct": jnp.stack(runs), "bare_correct": bare,
+    return {"defended_correct": runs, "bare_correct": bare,
             "distance": dist, "x_adv": x_adv}
 
   dynamic = ({"eps": jnp.float32(s.eps), "tag": jnp.uint32(sweep_index)} if sweep else {})
@@ -121,15 +139,17 @@ def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, atta
     del dynamic
     x, y, index = batch["image"], batch["label"], batch["index"]
     keys = example_keys(a_key, index)
-
-    def score(x_adv):  # [runs, B]
-      return jnp.stack([defense.predict(params, x_adv, example_keys(
-          s_key if r == 0 else jax.random.fold_in(s_key, r), index))["mean_softmax"] == y
-                        for r in range(scoring_runs)])
-    points = trajectory(params, keys, x, y)
-    by_steps = [score(p) for p in points]
-    by_eot = [score(f(params, keys, x, y)) for f in fewer] + [by_steps[-1]]
-    return {"steps_correct": jnp.stack(by_steps), "eot_correct": jnp.stack(by_eot)}
+    points = trajectory(params, keys, x, y)  # [len(steps), B, H, W, C]
+    points = jnp.concatenate([points] + [f(params, keys, x, y)[None] for f in fewer])
+    # every point x every scoring run through one copy of the defense: [points * runs, B]
+    runs_keys = scoring_keys(s_key, scoring_runs)
+    k = points.shape[0]
+    which = jnp.repeat(jnp.arange(k, dtype=jnp.int32), scoring_runs)  # point i, run r
+    correct = scoring_correct(defense, params, points, which, y, index, jnp.concatenate(
+        [runs_keys] * k)).reshape((k, scoring_runs) + y.shape)
+    by_steps = correct[:len(steps)]
+    return {"steps_correct": by_steps,
+            "eot_correct": jnp.concatenate([correct[len(steps):], by_steps[-1:]])}
 
   per = lambda e: attacks_lib.purifications(name, dataclasses.replace(s, n_eot=e),  # noqa: E731
                                             defense.restarts)
