@@ -16,7 +16,7 @@ from jaxpure.purifiers import common
 
 def classifier_gradient(defense: Defense, loss: str):
   """The bare classifier's loss gradient (no purifier): the preprocessor-blind attack."""
-  loss_fn = losses_lib.LOSSES[loss]
+  loss_fn = losses_lib.resolve(loss)
 
   def estimator(params, keys, x, y):
     del keys
@@ -104,7 +104,7 @@ def _bpda_per_sample(defense: Defense, loss_fn, params, keys, x, y, n_eot):
 def bpda_eot_gradient(defense: Defense, loss: str, n_eot: int):
   """BPDA+EOT: the mean over n_eot purifications of the classifier's gradient at the purified
   point (identity Jacobian); the attack steps along the sign of this mean."""
-  loss_fn = losses_lib.LOSSES[loss]
+  loss_fn = losses_lib.resolve(loss)
 
   def estimator(params, keys, x, y):
     l, g = _bpda_per_sample(defense, loss_fn, params, keys, x, y, n_eot)
@@ -115,7 +115,7 @@ def bpda_eot_gradient(defense: Defense, loss: str, n_eot: int):
 def bpda_eot_adp_direction(defense: Defense, loss: str, n_eot: int):
   """ADP's own BPDA+EOT: one chain per EOT sample and the *sum of per-sample gradient signs*
   (the l_inf step then takes the sign of that sum) — weaker than the sign of the mean."""
-  loss_fn = losses_lib.LOSSES[loss]
+  loss_fn = losses_lib.resolve(loss)
 
   def estimator(params, keys, x, y):
     l, g = _bpda_per_sample(defense, loss_fn, params, keys, x, y, n_eot)
