@@ -10,7 +10,7 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPTS = ("bench_train.py", "bench_attack_memory.py", "bench_scan_grad.py",
-           "bench_attack.py")
+           "bench_attack.py", "bench_conv_floor.py")
 
 
 def _run(script, *args, timeout=600):
@@ -139,3 +139,33 @@ def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path
   assert r["seconds"]["--xla_cpu_no_such_flag=1"] == [None]
   assert "--xla_cpu_no_such_flag=1: failed" in out.stdout
   assert "ratio baseline/flag gradient [--xla_cpu_use_onednn=true]" in out.stdout
+
+
+@pytest.mark.slow  # a benchmark script end to end (a minute on 2 cores)
+def test_bench_conv_floor_lists_every_convolution_of_the_network(tmp_path):
+  import jax
+  from configs import digits
+  from jaxpure import model_specs
+  config = digits.get_config()
+  params = model_specs.SCORE.build(config).init(
+      jax.random.key(0), jax.numpy.zeros((1,) + model_specs.image_shape(config)))
+  kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+             if jax.tree_util.keystr(path).endswith("['kernel']")]
+  report = tmp_path / "floor.json"
+  out = _run("bench_conv_floor.py", "--quick", "--batch", "4", "--repeats", "1", "--no-torch",
+             "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  # every convolution module of the network, each read once from the jaxpr
+  assert sum(row["count"] for row in r["convolutions"]) == len(kernels) > 50
+  assert all(row["forward_ms"] >= 0 and row["input_grad_ms"] >= 0 for row in r["convolutions"])
+  assert any(row["forward_ms"] > 0 for row in r["convolutions"])
+  assert r["network"]["forward_ms"] > 0 and r["network"]["input_grad_ms"] > 0
+  assert "network forward:" in out.stdout and "checkpointed exact-gradient" in out.stdout
+
+
+def test_bench_conv_floor_refuses_a_bad_batch_in_one_line():
+  out = _run("bench_conv_floor.py", "--quick", "--batch", "0")
+  assert out.returncode == 2
+  assert [l for l in out.stderr.splitlines() if l.strip()] == [
+      "error: --batch and --repeats must be >= 1 (see --help)"], out.stderr
