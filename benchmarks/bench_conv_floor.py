@@ -38,7 +38,6 @@ import collections
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -67,12 +66,14 @@ def parse_args(argv=None):
   return args
 
 
-def median_ms(fn, repeats: int) -> float:
-  """Median wall milliseconds of fn() (blocked on), after one untimed call."""
-  import jax
-  jax.block_until_ready(fn())
-  return 1e3 * statistics.median(common.timed(fn, jax.block_until_ready)
-                                 for _ in range(repeats))
+def median_ms(fn, repeats: int, sync=None) -> float:
+  """Median wall milliseconds of sync(fn()) (default: blocked on as a JAX result), after one
+  untimed call."""
+  if sync is None:
+    import jax
+    sync = jax.block_until_ready
+  sync(fn())
+  return 1e3 * statistics.median(common.timed(fn, sync) for _ in range(repeats))
 
 
 def _sub_jaxprs(value):
@@ -83,6 +84,10 @@ def _sub_jaxprs(value):
   elif isinstance(value, (tuple, list)):
     for v in value:
       yield from _sub_jaxprs(v)
+
+
+ConvCase = collections.namedtuple(
+    "ConvCase", "lhs rhs strides padding lhs_dilation rhs_dilation dn groups")
 
 
 def convolutions(jaxpr) -> collections.Counter:
@@ -105,10 +110,6 @@ def convolutions(jaxpr) -> collections.Counter:
   return found
 
 
-ConvCase = collections.namedtuple(
-    "ConvCase", "lhs rhs strides padding lhs_dilation rhs_dilation dn groups")
-
-
 def describe_case(c: ConvCase) -> str:
   pad = "x".join(f"{a}+{b}" for a, b in c.padding)
   dil = "" if set(c.rhs_dilation) == {1} else f" dilation {c.rhs_dilation[0]}"
@@ -127,8 +128,8 @@ def jax_conv_ms(c: ConvCase, repeats: int, device) -> tuple[float, float]:
 
   x = jax.device_put(jax.random.normal(jax.random.key(0), c.lhs, jnp.float32), device)
   w = jax.device_put(0.1 * jax.random.normal(jax.random.key(1), c.rhs, jnp.float32), device)
-  y = jax.jit(f)(x, w)
   fwd = jax.jit(f)
+  y = fwd(x, w)
   # The reverse-mode input gradient through jaxpure's custom_jvp (its swapped-kernel rule), as
   # an attack takes it; the unused primal output is dropped by XLA.
   input_grad = jax.jit(lambda w, ct: jax.vjp(lambda x: f(x, w), x)[1](ct)[0])
@@ -148,14 +149,8 @@ def torch_conv_ms(c: ConvCase, repeats: int) -> dict | None:
   kh, kw, _, cout = c.rhs
   (pt, pb), (pl, pr) = c.padding
 
-  def sync_ms(fn):
-    fn()
-    out = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      fn()
-      out.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(out)
+  def sync_ms(fn):  # eager PyTorch on the CPU: a call returns when its work is done
+    return median_ms(fn, repeats, sync=lambda result: result)
 
   gen = torch.Generator().manual_seed(0)
   x = torch.randn(n, cin, h, w_, generator=gen)
@@ -183,20 +178,18 @@ def torch_conv_ms(c: ConvCase, repeats: int) -> dict | None:
 
 
 def network(config_module: str, batch: int, device):
-  """(score fn(params, x), params, x [batch, H, W, C]) with jaxpure's random initialisation."""
+  """(score fn(variables, x), variables, x [batch, H, W, C] in [0, 1]) with jaxpure's random
+  initialisation (`bench_attack.network_variables`)."""
   import importlib
   import jax
-  from jaxpure import model_specs, parallel
-  from jaxpure.jobs import train
+  from benchmarks.bench_attack import network_variables
+  from jaxpure import model_specs
   config = importlib.import_module(f"configs.{config_module}").get_config()
-  mesh = parallel.make_mesh([device])
-  spec = model_specs.SCORE
-  state = train.init_train_state(spec, config, spec.build(config), jax.random.key(0), mesh)
-  params = jax.device_put({"params": state.ema_params, **state.model_state}, device)
+  variables, _ = network_variables(config, None, 0, device)
   score = model_specs.score_fn(config)
   x = jax.device_put(jax.random.uniform(
       jax.random.key(1), (batch,) + model_specs.image_shape(config)), device)
-  return (lambda p, y: score(p, y, None)), params, x
+  return (lambda v, y: score(v, y, None)), variables["score"], x
 
 
 def run(args) -> dict:
