@@ -26,7 +26,8 @@ MIB = 2**20
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from benchmarks import common  # imported here: it imports jax
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits-size nets (default: CIFAR-10)")
   p.add_argument("--device", default="cpu", help="cpu or gpu")
   p.add_argument("--steps", default="5,10,20,40", help="comma-separated T values")

@@ -33,7 +33,6 @@ Bad input prints one line on stderr and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -44,13 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    common.fail(f"{message} (see --help)")
-
-
 def parse_args(argv=None):
-  p = _Parser(description=__doc__.split("\n\n")[0])
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits net (default: CIFAR-10 net)")
   p.add_argument("--device", default="cpu", help="cpu or gpu")
   p.add_argument("--batch", type=int, default=None,

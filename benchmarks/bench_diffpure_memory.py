@@ -40,7 +40,8 @@ NETS = {
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from benchmarks import common  # imported here: it imports jax
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
                  help="tiny DDPM++ (nf 8, one level) and WRN-10-1 on 8x8x3 (default: CIFAR-10)")
   p.add_argument("--device", default="cpu", help="cpu or gpu")

@@ -63,13 +63,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import fail  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    fail(f"{message} (see --help)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-  p = _Parser(description=__doc__.split("\n\n")[0])
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
                  help="digits-size net (8x8x1, ngf 8), B 256: minutes on 2 CPU cores")
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "cuda"),

@@ -8,11 +8,14 @@ time and XLA's compiled temporary memory of each, and the forward pass for scale
 
   python benchmarks/bench_scan_grad.py --quick          # digits net, CPU, ~4 minutes
   python benchmarks/bench_scan_grad.py --device gpu     # CIFAR-10 net (ngf 128), B 16
+  python benchmarks/bench_scan_grad.py --device gpu --variants forward,scan_remat,unrolled
+
+--variants picks and orders the rows (default: all, in the order below), for a run under a
+time limit: each row prints as soon as it is measured.
 
 The network has jaxpure's random initialisation (timing does not depend on the weights).
 """
 
-import argparse
 import dataclasses
 import os
 import statistics
@@ -25,24 +28,40 @@ from benchmarks import common  # noqa: E402
 
 MIB = 2**20
 
+# --variants names, in the default order, and the row each one prints.
+VARIANTS = {"forward": "forward only, lax.scan",
+            "step": "one step alone (T = 1)",
+            "unrolled": "Python-unrolled chain",
+            "scan_remat": "lax.scan + jax.checkpoint (jaxpure)",
+            "scan": "lax.scan, no checkpoint",
+            "scan_unroll": "lax.scan(unroll=True) + jax.checkpoint"}
+
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits net (default: CIFAR-10 net)")
   p.add_argument("--device", default="cpu", help="cpu or gpu")
   p.add_argument("--steps", type=int, default=10, help="T")
   p.add_argument("--batch", type=int, default=None, help="images (default 256 quick, 16 full)")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--variants", default=",".join(VARIANTS),
+                 help=f"comma-separated rows to measure, in this order (of {', '.join(VARIANTS)})")
   p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
   args = p.parse_args(argv)
   if args.steps < 1 or args.repeats < 1 or (args.batch is not None and args.batch < 1):
     p.error("--steps, --batch and --repeats must be >= 1")
+  args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+  unknown = [v for v in args.variants if v not in VARIANTS]
+  if unknown or not args.variants or len(set(args.variants)) != len(args.variants):
+    p.error(f"--variants: expected distinct names among {', '.join(VARIANTS)}, "
+            f"got {','.join(args.variants) or 'none'}")
   args.batch = args.batch or (256 if args.quick else 16)
   return args
 
 
 def variants(h, variables, settings, steps: int) -> dict:
-  """{name: f(x) -> gradient [B, H, W, C]} for the ways of writing T ADP steps.
+  """{VARIANTS key: f(x) -> gradient [B, H, W, C]} for the ways of writing T ADP steps
+  ("forward": the purified x_T itself, for scale).
 
   h(variables, x, t): the score network's field (`model_specs.score_fn`), called as the ADP
   purifier calls it (t = sigma_n, ignored by the unconditional NCSNv2)."""
@@ -69,12 +88,12 @@ def variants(h, variables, settings, steps: int) -> dict:
     return x
 
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x)))
-  return {"forward only, lax.scan": scan(True, 1),
-          "one step alone (T = 1)": grad(step),
-          "Python-unrolled chain": grad(unrolled),
-          "lax.scan + jax.checkpoint (jaxpure)": grad(scan(True, 1)),
-          "lax.scan, no checkpoint": grad(scan(False, 1)),
-          "lax.scan(unroll=True) + jax.checkpoint": grad(scan(True, True))}
+  return {"forward": scan(True, 1),
+          "step": grad(step),
+          "unrolled": grad(unrolled),
+          "scan_remat": grad(scan(True, 1)),
+          "scan": grad(scan(False, 1)),
+          "scan_unroll": grad(scan(True, True))}
 
 
 def measure(fn, x, repeats: int) -> dict:
@@ -113,7 +132,9 @@ def main(argv=None) -> int:
     variables = {"params": model_specs.SCORE.init(module, jax.random.key(1), x[:1])["params"]}
     h = model_specs.score_fn(config)
     rows = {}
-    for name, fn in variants(h, variables, settings, args.steps).items():
+    fns = variants(h, variables, settings, args.steps)
+    for key in args.variants:
+      name, fn = VARIANTS[key], fns[key]
       try:
         rows[name] = measure(fn, x, args.repeats)
       except Exception as e:  # noqa: BLE001 — an allocation failure ends the row, not the run

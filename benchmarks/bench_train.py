@@ -12,7 +12,6 @@ step time, against the device's peak.
   python benchmarks/bench_train.py --device gpu --configs cifar10
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -27,7 +26,8 @@ PEAK_TFLOPS = {"H200": (494.7, 989.4), "H100": (494.7, 989.4), "A100": (156.0, 3
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from benchmarks import common  # imported here: it imports jax
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits only")
   p.add_argument("--configs", default=None, help="comma-separated: digits,cifar10")
   p.add_argument("--device", default="cpu", help="cpu or gpu (all devices of that kind)")

@@ -37,7 +37,8 @@ MARK = "bench_xla_flags:"
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from benchmarks import common  # imported here: it imports jax
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--flags", action="append", default=None,
                  help="an XLA_FLAGS setting to compare with the baseline (repeatable)")
   p.add_argument("--batch", type=int, default=256, help="images B")

@@ -1,5 +1,6 @@
 """Shared bits of the benchmark scripts: device checks, versions, one-line failures."""
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,13 @@ def fail(message: str, code: int = 2):
   """Prints one line to stderr and exits (2: bad request, e.g. a missing device)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
+
+
+class Parser(argparse.ArgumentParser):
+  """An ArgumentParser whose usage errors are one line on stderr and exit code 2."""
+
+  def error(self, message):
+    fail(f"{message} (see --help)")
 
 
 def select_device(kind: str) -> jax.Device:

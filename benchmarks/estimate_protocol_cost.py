@@ -16,7 +16,6 @@ per loss, scoring) give the total, divided by an assumed sustained throughput. T
 an estimate: measure on the GPU to replace it.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -39,7 +38,8 @@ def _flops(compiled) -> float:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  from benchmarks import common  # imported here: it imports jax
+  parser = common.Parser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--attack", default="apgd_eot")
   parser.add_argument("--tflops", default="30,100",

@@ -28,6 +28,28 @@ def test_a_missing_gpu_is_one_line_and_exit_2(script):
   assert "Traceback" not in out.stderr
 
 
+ALL_SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO_ROOT, "benchmarks"))
+                     if f.endswith(".py") and f not in ("__init__.py", "common.py",
+                                                        "torch_reference.py"))
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_a_bad_flag_is_one_line_and_exit_2(script):
+  out = _run(script, "--no_such_flag", timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-2000:]
+  assert out.stderr.startswith("error:")
+  assert "--no_such_flag" in out.stderr or "required" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("variants", ["forward,nope", "scan,scan", ","])
+def test_bench_scan_grad_refuses_bad_variants_in_one_line(variants):
+  out = _run("bench_scan_grad.py", "--quick", "--variants", variants, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-2000:]
+  assert out.stderr.startswith("error: --variants")
+
+
 @pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
 def test_bench_train_reports_measured_throughput(tmp_path):
   report = tmp_path / "train.json"
