@@ -5,27 +5,32 @@
   python benchmarks/bench_attack.py --quick --workdir runs/digits  # trained networks
   python benchmarks/bench_attack.py --device gpu                   # CIFAR-10 size
   python benchmarks/bench_attack.py --batch 2 --n_eot 1           # CIFAR-10 size, cut down
+  python benchmarks/bench_attack.py --quick --config configs/digits_diffpure.py  # DiffPure
+  python benchmarks/bench_attack.py --device gpu --config configs/cifar10_diffpure.py --max_iter 20
 
 The gradient is what every exact-gradient attack step computes (`pgd_eot_full`, `apgd_eot`):
-per example the cross-entropy of the classifier averaged over n EOT purifications (ADP with
-the config's settings), differentiated with respect to the input through the whole purifier
-(noise, every step, the adaptive step size, the clipping). In one process, on the same
-weights, batch, labels and EOT noise, it times
+per example the cross-entropy of the classifier averaged over n EOT purifications (the
+config's purifier, ADP or DiffPure, with its settings), differentiated with respect to the
+input through the whole purifier (noise, every step; ADP's adaptive step size and clipping,
+DiffPure's diffusion and every reverse step). In one process, on the same weights, batch,
+labels and noise, it times
 - `jaxpure`: `jaxpure.attacks.eot.exact_eot_gradient` on the config's defense, jitted (the
   purifier's steps one `lax.scan`, each step `jax.checkpoint`ed when the config's `remat`);
   compile time reported apart;
-- `pytorch_autograd`: `torch_reference.exact_eot_gradient`: autograd through the Python loop
-  of T steps, every activation kept (Croce et al. 2022's way of attacking purifiers);
+- `pytorch_autograd`: `torch_reference.exact_eot_gradient` (ADP) or
+  `torch_diffpure.exact_eot_gradient` (DiffPure): autograd through the Python loop of the
+  purifier's steps, every activation kept (Croce et al. 2022's way of attacking purifiers);
 - `pytorch_autograd_checkpoint`: the same with each step a `torch.utils.checkpoint` (the
   memory of the iterates only, each step recomputed in the backward pass).
 The PyTorch networks carry the Flax parameters (`torch_reference.net_from_flax`,
-`classifier_from_flax`) and start from the very noise jaxpure draws from its keys.
+`torch_diffpure.ddpmpp_from_flax`, `classifier_from_flax`) and use the very noise jaxpure
+draws from its keys (ADP's randomisation; DiffPure's diffusion and every step's draw).
 
 Agreement, checked before any timing (exit 1 if it fails): on the first --check_batch images,
 in float64, both PyTorch gradients must equal jaxpure's to --tolerance relative to the
-largest |gradient| entry (measured ~1e-15), and the noisy starts to 1e-12. float64 because ADP's
-step size is a finite difference (see bench_purify.py); the float32 differences on the timed
-batch are printed as information.
+largest |gradient| entry (measured ~1e-15), and the noisy starts (ADP's x0, DiffPure's x_t* in
+pixels) to 1e-12. float64 because ADP's step size is a finite difference (see bench_purify.py);
+the float32 differences on the timed batch are printed as information.
 
 Timing: an untimed warm-up round, then --repeats rounds in which the three implementations
 take turns (the order rotates every round); seconds per gradient of the batch are medians.
@@ -35,7 +40,8 @@ torch uses torch.set_num_threads(<CPUs available>); XLA sizes its own pool.
 
 Modes: --quick: configs/digits.py (8x8x1 NCSNv2 ngf 8, small CNN), B = the config's attack
 batch (128), n = its apgd_eot EOT (2). Default: configs/cifar10.py (32x32x3, ngf 128, WRN-28-10),
-B = 16, n = 2, for a GPU; cut it down on a CPU with --batch/--n_eot/--max_iter. Without
+B = 16, n = 2, for a GPU; cut it down on a CPU with --batch/--n_eot/--max_iter. --config
+picks another (a DiffPure config needs its DDPM++ score network; --max_iter sets its N). Without
 --workdir the networks have jaxpure's random initialisation: fine for timing (how many
 examples stop early depends on the weights, but both sides run all T steps). Bad input prints
 one line on stderr and exits 2.
@@ -59,13 +65,8 @@ from benchmarks.common import fail  # noqa: E402
 IMPLEMENTATIONS = ("jaxpure", "pytorch_autograd", "pytorch_autograd_checkpoint")
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    fail(f"{message} (see --help)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-  p = _Parser(description=__doc__.split("\n\n")[0])
+  p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
                  help="digits nets (8x8x1, ngf 8, small CNN): minutes on 2 CPU cores")
   p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "cuda"),
@@ -79,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="B (default: the config's attack batch with --quick, else 16)")
   p.add_argument("--n_eot", type=int, default=None,
                  help="EOT purifications per gradient (default: the config's apgd_eot n_eot)")
-  p.add_argument("--max_iter", type=int, default=None, help="ADP's T (default: the config's)")
+  p.add_argument("--max_iter", type=int, default=None,
+                 help="the purifier's steps: ADP's T or DiffPure's N (default: the config's)")
   p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5 quick, 3 full)")
   p.add_argument("--tolerance", type=float, default=1e-8,
                  help="largest float64 gradient difference allowed, relative to max |gradient|")
@@ -98,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- set-up
+def score_description(config) -> str:
+  """'NCSNv2 ngf 8' / 'DDPM++ nf 32': the score network, for the report."""
+  if config.score.model == "ddpmpp":
+    return f"DDPM++ nf {config.score.nf}"
+  return f"NCSNv2 ngf {config.score.ngf}"
+
+
 def network_variables(config, workdir: str | None, seed: int, device) -> tuple[dict, str]:
   """({"score": variables, "classifier": variables} on `device`, a description): the latest
   checkpoints of WORKDIR (jaxpure's loader), or jaxpure's random initialisation."""
@@ -139,37 +148,94 @@ def eot_noise(keys, x, n: int, sigma_n: float):
       jax.vmap(lambda k: jax.random.split(k)[0])(ks), x))(rkeys)
 
 
+def diffpure_noise(keys, x, n: int, num_steps: int):
+  """(noise [n, B, H, W, C], step_noise [n, N, B, H, W, C]): the standard normal draws
+  jaxpure's DiffPure makes for EOT sample i of example b (restart key i of b, split: the first
+  half diffuses to t*, the second folded with the step number draws each reverse step's noise:
+  `jaxpure.purifiers.diffpure.purify_chain`)."""
+  import jax
+  import jax.numpy as jnp
+  from jaxpure.purifiers import common as pc
+
+  def one(ks):
+    k_diffuse, k_steps = jnp.moveaxis(jax.vmap(jax.random.split)(ks), 1, 0)
+    steps = jax.vmap(lambda i: pc.normal_like(pc.fold(k_steps, i), x))(jnp.arange(num_steps))
+    return pc.normal_like(k_diffuse, x), steps
+
+  return jax.vmap(one)(pc.restart_keys(keys, n))
+
+
+def purifier_noise(defense, keys, x, n: int) -> dict:
+  """The noise jaxpure's purifier draws for n EOT samples, as NumPy arrays handed to PyTorch:
+  {"noise": ...} for ADP (sigma_n-scaled), plus "step_noise" for DiffPure."""
+  import numpy as np
+  if defense.family.NAME == "diffpure":
+    noise, steps = diffpure_noise(keys, x, n, defense.settings.num_steps)
+    return {"noise": np.asarray(noise), "step_noise": np.asarray(steps)}
+  return {"noise": np.asarray(eot_noise(keys, x, n, defense.settings.sigma_n))}
+
+
+def noisy_start(defense, x, noise: dict):
+  """[n, B, H, W, C]: the purifications' first iterate in pixels as the PyTorch reference
+  computes it from the handed noise: clip(x + noise) for ADP, DiffPure's x_t* mapped back to
+  [0, 1] and clipped (`torch_diffpure.diffuse`)."""
+  import numpy as np
+  x = np.asarray(x)
+  if defense.family.NAME != "diffpure":
+    return np.clip(x[None] + noise["noise"], 0, 1)
+  from benchmarks import torch_diffpure as td
+  from benchmarks.bench_purify import to_nhwc, to_torch
+  s = td.DiffPureSettings.like(defense.settings)
+  n = noise["noise"].shape[0]
+  flat = lambda a: to_torch(np.reshape(a, (-1,) + x.shape[1:]), "cpu")  # noqa: E731
+  x_t = td.diffuse(flat(np.broadcast_to(x, (n,) + x.shape)), flat(noise["noise"]), s)
+  return to_nhwc(((x_t + 1.0) / 2.0).clamp(0.0, 1.0)).reshape((n,) + x.shape)
+
+
 def torch_networks(variables, config, device: str, dtype):
   import jax
+  from benchmarks import torch_diffpure as td
   from benchmarks import torch_reference as tr
   from jaxpure import model_specs, models
   score = models.fields(model_specs.SCORE.build(config))
-  net = tr.net_from_flax(jax.device_get(variables["score"]["params"]), score["ngf"],
-                         score["channels"], score.get("pool", "max"))
+  params = jax.device_get(variables["score"]["params"])
+  if config.score.model == "ddpmpp":
+    net = td.ddpmpp_from_flax(params, dict(score, image_size=model_specs.image_shape(config)[0]))
+  else:
+    net = tr.net_from_flax(params, score["ngf"], score["channels"], score.get("pool", "max"))
   clf_module = model_specs.CLASSIFIER.build(config)
   clf = tr.classifier_from_flax(jax.device_get(variables["classifier"]), config.classifier.model,
                                 models.fields(clf_module), model_specs.image_shape(config))
   return net.to(device=device, dtype=dtype), clf.to(device=device, dtype=dtype)
 
 
-def torch_gradients(nets, settings, x, y, noise, device: str) -> dict:
-  """{name: () -> (loss, gradient)} of the two PyTorch variants on NHWC arrays x, noise."""
+def torch_gradients(nets, defense, x, y, noise: dict, device: str) -> dict:
+  """{name: () -> (loss, gradient)} of the two PyTorch variants on NHWC arrays x and the
+  purifier's noise (`purifier_noise`)."""
   import numpy as np
   import torch
+  from benchmarks import torch_diffpure as td
   from benchmarks import torch_reference as tr
   from benchmarks.bench_purify import to_torch
   net, clf = nets
-  s = tr.AdpSettings.like(settings)
-  x_t, noise_t = to_torch(x, device), to_torch(noise, device)
+  x_t, noise_t = to_torch(x, device), to_torch(noise["noise"], device)
   y_t = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
-  return {name: (lambda ckpt=ckpt: tr.exact_eot_gradient(net, clf, x_t, y_t, noise_t, s, ckpt))
+  if defense.family.NAME == "diffpure":
+    s = td.DiffPureSettings.like(defense.settings)
+    steps_t = to_torch(noise["step_noise"], device)  # [n, N, B, C, H, W]
+    grad = lambda ckpt: td.exact_eot_gradient(net, clf, x_t, y_t, noise_t, steps_t, s, ckpt)  # noqa: E731
+  else:
+    s = tr.AdpSettings.like(defense.settings)
+    grad = lambda ckpt: tr.exact_eot_gradient(net, clf, x_t, y_t, noise_t, s, ckpt)  # noqa: E731
+  return {name: (lambda ckpt=ckpt: grad(ckpt))
           for name, ckpt in (("pytorch_autograd", False), ("pytorch_autograd_checkpoint", True))}
 
 
 def check_agreement_float64(config, defense, variables, x_np, y_np, seed: int, n_eot: int,
                             n: int, device: str) -> dict:
   """{name: max |g_jaxpure - g_name| / max |g_jaxpure|} in float64 on the first n examples,
-  plus "noisy_start": max |jaxpure's x0 - clip(x + noise, 0, 1)| (the noise handed to torch)."""
+  plus "noisy_start": max |jaxpure's first iterate - the reference's from the noise handed to
+  torch| (`noisy_start`)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -184,14 +250,14 @@ def check_agreement_float64(config, defense, variables, x_np, y_np, seed: int, n
     keys = pc.example_keys(jax.random.key(seed), jnp.arange(n))
     est = jax.jit(eot.exact_eot_gradient(defense, "ce", n_eot))
     loss_j, g_j = (np.asarray(a) for a in est(v64, keys, x, y))
-    noise = np.asarray(eot_noise(keys, x, n_eot, defense.settings.sigma_n))
+    noise = purifier_noise(defense, keys, x, n_eot)
     _, trace = jax.jit(lambda v, x, k: defense.purify(v, x, k, n_eot))(v64, x, keys)
     start_diff = float(np.max(np.abs(np.asarray(trace["iterates"][:, 0])
-                                     - np.clip(np.asarray(x)[None] + noise, 0, 1))))
+                                     - noisy_start(defense, x, noise))))
   nets = torch_networks(variables, config, device, torch.float64)
   out = {"noisy_start": start_diff}
   scale = max(float(np.max(np.abs(g_j))), 1e-300)
-  for name, fn in torch_gradients(nets, defense.settings, np.asarray(x), y_np[:n], noise,
+  for name, fn in torch_gradients(nets, defense, np.asarray(x), y_np[:n], noise,
                                   device).items():
     loss_t, g_t = fn()
     out[name] = float(np.max(np.abs(g_j - to_nhwc(g_t)))) / scale
@@ -223,11 +289,17 @@ def run_benchmark(args) -> dict:
   config_path = args.config or os.path.join(
       REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
   config = load_config(config_path)
-  if args.max_iter is not None:
-    config.purifiers.adp.max_iter = args.max_iter
-  if config.score.head != "score" or config.score.model != "ncsnv2":
+  family = config.defense.purifier
+  score_models = {"adp": "ncsnv2", "diffpure": "ddpmpp"}
+  if family not in score_models:
+    fail(f"defense.purifier={family!r}: the benchmark has PyTorch references for "
+         f"{', '.join(score_models)}")
+  if config.score.head != "score" or config.score.model != score_models[family]:
     fail(f"config.score: model {config.score.model!r}, head {config.score.head!r}: the PyTorch "
-         "reference implements the NCSNv2 'score' head only")
+         f"reference of {family} runs {score_models[family]!r} with the 'score' head")
+  if args.max_iter is not None:
+    steps_field = {"adp": "max_iter", "diffpure": "num_steps"}[family]
+    config.purifiers[family][steps_field] = args.max_iter
   if config.classifier.model not in ("small_cnn", "wrn"):
     fail(f"config.classifier.model={config.classifier.model!r}: the PyTorch reference has "
          "small_cnn and wrn")
@@ -236,11 +308,10 @@ def run_benchmark(args) -> dict:
     defense = evaluation.make_defense(config)
   except UserInputError as e:
     fail(" ".join(str(e).split()))
-  if (config.defense.purifier != "adp" or settings.method != "adp"
-      or settings.noise != "gaussian"):
-    fail(f"defense.purifier={config.defense.purifier!r}, method="
-         f"{getattr(settings, 'method', None)!r}, noise={getattr(settings, 'noise', None)!r}: "
-         "the benchmark differentiates ADP with Gaussian noise ('adp', 'adp', 'gaussian')")
+  if family == "adp" and (settings.method != "adp" or settings.noise != "gaussian"):
+    fail(f"purifiers.adp: method={settings.method!r}, noise={settings.noise!r}: the benchmark "
+         "differentiates ADP with Gaussian noise ('adp', 'gaussian')")
+  steps = defense.settings.max_iter if family == "adp" else defense.settings.num_steps
   batch = args.batch or (config.attack.batch_size if args.quick else 16)
   n_eot = args.n_eot or config.attack.apgd_eot.n_eot
   repeats = args.repeats or (5 if args.quick else 3)
@@ -254,7 +325,8 @@ def run_benchmark(args) -> dict:
             "versions": {k: v for k, v in common.describe(jax_device).items()
                          if k in ("python", "jax", "flax", "torch")},
             "batch": batch, "n_eot": n_eot, "image_shape": list(shape), "repeats": repeats,
-            "score_ngf": config.score.ngf, "classifier": config.classifier.model,
+            "purifier": family, "score": score_description(config),
+            "classifier": config.classifier.model,
             "settings": dataclasses.asdict(settings)}
   print(f"device: jax {jax_device} ({jax_device.device_kind}), torch {torch_device}; "
         f"{common.cpu_model()}, {threads} CPU threads (torch.set_num_threads({threads}); "
@@ -263,8 +335,9 @@ def run_benchmark(args) -> dict:
         f"flax {flax.__version__}, torch {torch.__version__}")
   print(f"mode: {report['mode']} ({report['config']}): gradient of the mean cross-entropy over "
         f"n={n_eot} EOT purifications, x [B={batch}, {shape[0]}, {shape[1]}, {shape[2]}], "
-        f"NCSNv2 ngf {config.score.ngf}, classifier {config.classifier.model}, ADP "
-        f"T={settings.max_iter} (2 network evaluations per step), remat {settings.remat}; "
+        f"{score_description(config)}, classifier {config.classifier.model}, {family} "
+        f"{steps} steps ({settings.network_evaluations() // steps} network evaluation(s) per "
+        f"step), remat {settings.remat}; "
         f"median seconds per gradient of the batch over {repeats} rounds after a warm-up")
 
   with jax.default_device(jax_device):
@@ -295,7 +368,7 @@ def run_benchmark(args) -> dict:
     x = jax.device_put(jnp.asarray(x_np), jax_device)
     y = jax.device_put(jnp.asarray(y_np), jax_device)
     keys = pc.example_keys(jax.random.key(args.seed), jnp.arange(batch))
-    noise = np.asarray(eot_noise(keys, x, n_eot, settings.sigma_n))
+    noise = purifier_noise(defense, keys, x, n_eot)
     est = jax.jit(eot.exact_eot_gradient(defense, "ce", n_eot))
     compile_start = time.perf_counter()
     compiled = est.lower(variables, keys, x, y).compile()
@@ -305,7 +378,7 @@ def run_benchmark(args) -> dict:
     g_jax = np.asarray(run_jax()[1])
 
   nets = torch_networks(variables, config, torch_device, torch.float32)
-  torch_fns = torch_gradients(nets, settings, x_np, y_np, noise, torch_device)
+  torch_fns = torch_gradients(nets, defense, x_np, y_np, noise, torch_device)
   sync_torch = ((lambda out: torch.cuda.synchronize()) if torch_device == "cuda"
                 else (lambda out: None))
   runs = {"jaxpure": (run_jax, lambda out: jax.block_until_ready(out))}

@@ -4,6 +4,7 @@ are, and the lower bound they put on the purifier and on the exact gradient.
   python benchmarks/bench_conv_floor.py --quick                # digits net, batch 2560
   python benchmarks/bench_conv_floor.py --quick --batch 256    # the attack benchmark's batch
   python benchmarks/bench_conv_floor.py --quick --no-torch     # without PyTorch's column
+  python benchmarks/bench_conv_floor.py --config digits_diffpure --batch 256  # DiffPure's DDPM++
 
 Lists every convolution of the network at batch B, read from its jaxpr (input and kernel
 shapes, strides, padding, dilation, and how many the network has of each). Each distinct one is
@@ -46,6 +47,9 @@ from benchmarks import common  # noqa: E402
 def parse_args(argv=None):
   p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits net (default: CIFAR-10 net)")
+  p.add_argument("--config", default=None,
+                 help="a config module of configs/ whose score network to time (default digits "
+                      "with --quick, else cifar10), e.g. digits_diffpure")
   p.add_argument("--device", default="cpu", help="cpu or gpu")
   p.add_argument("--batch", type=int, default=None,
                  help="network batch (default 2560 quick: 256 images x 10 restarts; 16 full)")
@@ -56,7 +60,12 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.repeats < 1 or (args.batch is not None and args.batch < 1):
     p.error("--batch and --repeats must be >= 1")
-  args.batch = args.batch or (2560 if args.quick else 16)
+  small = args.quick or (args.config or "").startswith("digits")
+  args.batch = args.batch or (2560 if small else 16)
+  args.config = args.config or ("digits" if args.quick else "cifar10")
+  if not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))), "configs", f"{args.config}.py")) or not args.config.isidentifier():
+    p.error(f"--config {args.config}: no such module in configs/ (e.g. digits_diffpure)")
   return args
 
 
@@ -176,6 +185,7 @@ def network(config_module: str, batch: int, device):
   initialisation (`bench_attack.network_variables`)."""
   import importlib
   import jax
+  import jax.numpy as jnp
   from benchmarks.bench_attack import network_variables
   from jaxpure import model_specs
   config = importlib.import_module(f"configs.{config_module}").get_config()
@@ -183,7 +193,9 @@ def network(config_module: str, batch: int, device):
   score = model_specs.score_fn(config)
   x = jax.device_put(jax.random.uniform(
       jax.random.key(1), (batch,) + model_specs.image_shape(config)), device)
-  return (lambda v, y: score(v, y, None)), variables["score"], x
+  # t: the network's time input where it has one (DDPM++: the VP time; NCSNv2 ignores it).
+  t = jax.device_put(jnp.full((batch,), 0.1, jnp.float32), device)
+  return (lambda v, y: score(v, y, t)), variables["score"], x
 
 
 def run(args) -> dict:
@@ -200,8 +212,8 @@ def run(args) -> dict:
       print("PyTorch is not installed: its column is skipped")
   info = common.describe(device)
   common.print_header("bench_conv_floor", {**info, "batch": args.batch,
-                                           "net": "digits" if args.quick else "cifar10"})
-  score, params, x = network("digits" if args.quick else "cifar10", args.batch, device)
+                                           "net": args.config})
+  score, params, x = network(args.config, args.batch, device)
   cases = convolutions(jax.make_jaxpr(score)(params, x).jaxpr)
   if not cases:
     common.fail("the network has no convolution")

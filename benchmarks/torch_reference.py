@@ -419,8 +419,17 @@ def classifier_from_flax(variables: Mapping, model: str, fields: Mapping,
 
 
 # ----------------------------------------------------------------------------- purifiers
+class SettingsLike:
+  """Mixin of the reference's settings dataclasses: `like` reads their fields off any object
+  with those attributes (e.g. jaxpure's own Settings)."""
+
+  @classmethod
+  def like(cls, settings):
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
 @dataclasses.dataclass(frozen=True)
-class AdpSettings:
+class AdpSettings(SettingsLike):
   """ADP's step settings (DESIGN §1; same meaning as jaxpure.purifiers.adp.Settings)."""
   max_iter: int
   lam: float
@@ -428,11 +437,6 @@ class AdpSettings:
   tau: float
   alpha_min: float
   alpha_max: float
-
-  @classmethod
-  def like(cls, settings) -> "AdpSettings":
-    """The same fields read off any settings object (e.g. jaxpure.purifiers.adp.Settings)."""
-    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 Net = Callable[[torch.Tensor], torch.Tensor]

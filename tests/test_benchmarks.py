@@ -28,9 +28,9 @@ def test_a_missing_gpu_is_one_line_and_exit_2(script):
   assert "Traceback" not in out.stderr
 
 
+# The runnable scripts (the other modules of benchmarks/ are libraries they import).
 ALL_SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO_ROOT, "benchmarks"))
-                     if f.endswith(".py") and f not in ("__init__.py", "common.py",
-                                                        "torch_reference.py"))
+                     if f.endswith(".py") and f.startswith(("bench_", "estimate_")))
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS)
@@ -129,6 +129,24 @@ def test_bench_attack_gradients_agree_and_ratios_are_printed(tmp_path):
   assert r["jaxpure_compile_s"] > 0
 
 
+@pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
+def test_bench_attack_differentiates_diffpure_like_pytorch(tmp_path):
+  pytest.importorskip("torch")
+  report = tmp_path / "attack.json"
+  out = _run("bench_attack.py", "--quick", "--config", "configs/digits_diffpure.py",
+             "--batch", "3", "--n_eot", "2", "--max_iter", "3", "--repeats", "1",
+             "--check_batch", "2", "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  assert r["purifier"] == "diffpure" and r["settings"]["num_steps"] == 3
+  agree = r["agreement_float64"]
+  assert agree["noisy_start"] <= 1e-12 and agree["max_abs_gradient"] > 0
+  assert agree["pytorch_autograd"] <= 1e-8 and agree["pytorch_autograd_checkpoint"] <= 1e-8
+  for name in ("pytorch_autograd", "pytorch_autograd_checkpoint"):
+    assert f"ratio jaxpure/{name}: " in out.stdout
+  assert "DDPM++ nf 32" in out.stdout and "diffpure 3 steps" in out.stdout
+
+
 @pytest.mark.slow
 def test_bench_purify_prints_pairwise_ratios_with_their_spread(tmp_path):
   pytest.importorskip("torch")
@@ -164,22 +182,24 @@ def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path
 
 
 @pytest.mark.slow  # a benchmark script end to end (a minute on 2 cores)
-def test_bench_conv_floor_lists_every_convolution_of_the_network(tmp_path):
+@pytest.mark.parametrize("config_name,minimum", [("digits", 50), ("digits_diffpure", 15)])
+def test_bench_conv_floor_lists_every_convolution_of_the_network(tmp_path, config_name, minimum):
+  import importlib
+
   import jax
-  from configs import digits
   from jaxpure import model_specs
-  config = digits.get_config()
-  params = model_specs.SCORE.build(config).init(
-      jax.random.key(0), jax.numpy.zeros((1,) + model_specs.image_shape(config)))
-  kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-             if jax.tree_util.keystr(path).endswith("['kernel']")]
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  x1 = jax.numpy.zeros((1,) + model_specs.image_shape(config))
+  params = model_specs.SCORE.init(model_specs.SCORE.build(config), jax.random.key(0), x1)
+  conv_kernels = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                  if jax.tree_util.keystr(path).endswith("['kernel']") and leaf.ndim == 4]
   report = tmp_path / "floor.json"
-  out = _run("bench_conv_floor.py", "--quick", "--batch", "4", "--repeats", "1", "--no-torch",
-             "--json", str(report))
+  out = _run("bench_conv_floor.py", "--config", config_name, "--batch", "4", "--repeats", "1",
+             "--no-torch", "--json", str(report))
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(report.read_text())
   # every convolution module of the network, each read once from the jaxpr
-  assert sum(row["count"] for row in r["convolutions"]) == len(kernels) > 50
+  assert sum(row["count"] for row in r["convolutions"]) == len(conv_kernels) > minimum
   assert all(row["forward_ms"] >= 0 and row["input_grad_ms"] >= 0 for row in r["convolutions"])
   assert any(row["forward_ms"] > 0 for row in r["convolutions"])
   assert r["network"]["forward_ms"] > 0 and r["network"]["input_grad_ms"] > 0
@@ -191,3 +211,11 @@ def test_bench_conv_floor_refuses_a_bad_batch_in_one_line():
   assert out.returncode == 2
   assert [l for l in out.stderr.splitlines() if l.strip()] == [
       "error: --batch and --repeats must be >= 1 (see --help)"], out.stderr
+
+
+@pytest.mark.parametrize("name", ["no_such_config", "../configs/digits"])
+def test_bench_conv_floor_refuses_an_unknown_config_in_one_line(name):
+  out = _run("bench_conv_floor.py", "--config", name)
+  assert out.returncode == 2
+  assert [l for l in out.stderr.splitlines() if l.strip()] == [
+      f"error: --config {name}: no such module in configs/ (e.g. digits_diffpure) (see --help)"]

@@ -55,13 +55,15 @@ def timestep_embedding(labels: jax.Array, dim: int, max_positions: float = 10000
   """Transformer-style sinusoidal embedding ``[B] -> [B, dim]``: the first ``dim // 2`` columns
   are ``sin(label * f_k)`` and the next ``dim // 2`` ``cos(label * f_k)``, with frequencies
   ``f_k = max_positions^(-k / (dim // 2 - 1))``, k = 0 .. dim // 2 - 1; an odd ``dim`` gets a
-  trailing zero column."""
+  trailing zero column. Computed in float32, or float64 for float64 labels (float64
+  reference checks then hold to float64 rounding)."""
   half = dim // 2
   if half < 2:
     raise ValueError(f"the time embedding needs dim >= 4, got {dim}")
+  dtype = jnp.result_type(labels.dtype, jnp.float32)
   rate = math.log(max_positions) / (half - 1)
-  freqs = jnp.exp(-rate * jnp.arange(half, dtype=jnp.float32))
-  angles = labels.astype(jnp.float32)[:, None] * freqs[None, :]
+  freqs = jnp.exp(-rate * jnp.arange(half, dtype=dtype))
+  angles = labels.astype(dtype)[:, None] * freqs[None, :]
   emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
