@@ -60,12 +60,15 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.repeats < 1 or (args.batch is not None and args.batch < 1):
     p.error("--batch and --repeats must be >= 1")
-  small = args.quick or (args.config or "").startswith("digits")
-  args.batch = args.batch or (2560 if small else 16)
+  if args.quick and args.config:
+    p.error("--quick and --config: give one (--quick is --config digits)")
   args.config = args.config or ("digits" if args.quick else "cifar10")
-  if not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))), "configs", f"{args.config}.py")) or not args.config.isidentifier():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      f"{args.config}.py")
+  if (not args.config.isidentifier() or args.config.startswith("_")
+      or not os.path.isfile(path)):
     p.error(f"--config {args.config}: no such module in configs/ (e.g. digits_diffpure)")
+  args.batch = args.batch or (2560 if args.config.startswith("digits") else 16)
   return args
 
 

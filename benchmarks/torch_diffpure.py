@@ -127,14 +127,24 @@ def timestep_embedding(labels: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TorchDDPMpp(nn.Module):
-  """eps_hat(x [B, C, H, W] in [-1, 1], labels [B]) -> [B, C, H, W]; the fields are those of
-  `jaxpure.models.ddpmpp.DDPMpp` (centered, skip_rescale, BigGAN blocks) plus image_size,
-  which decides where the attention layers sit (as in the original constructor)."""
+  """eps_hat(x [B, C, H, W] in [-1, 1] (in [0, 1] when not centered), labels [B]) ->
+  [B, C, H, W]; the fields are those of `jaxpure.models.ddpmpp.DDPMpp` plus image_size, which
+  decides where the attention layers sit (as in the original constructor). Without
+  `conditional` the residual blocks have no `Dense_0`: an original unconditional checkpoint
+  carries unused ones, to be dropped before loading (as jaxpure's importer ignores them)."""
 
   def __init__(self, *, image_size: int, nf: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                num_res_blocks: int = 8, attn_resolutions: Sequence[int] = (16,),
-               channels: int = 3, conditional: bool = True, **_):
+               channels: int = 3, conditional: bool = True, centered: bool = True,
+               skip_rescale: bool = True, resblock_type: str = "biggan",
+               dropout: float = 0.1, init_scale: float = 0.0):
+    # dropout (eval mode: off) and init_scale (weights are loaded) do not change the forward.
+    del dropout, init_scale
+    if not skip_rescale or resblock_type != "biggan":
+      raise ValueError(f"skip_rescale={skip_rescale}, resblock_type={resblock_type!r}: the "
+                       "reference implements DDPM++'s skip_rescale=True with BigGAN blocks")
     super().__init__()
+    self.centered = centered
     self.order = ddpmpp_importer.torch_module_order(
         image_size=image_size, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
         attn_resolutions=attn_resolutions, conditional=conditional)
@@ -180,6 +190,8 @@ class TorchDDPMpp(nn.Module):
 
   def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     temb = None
+    if not self.centered:
+      x = 2.0 * x - 1.0
     if self.conditional:
       temb = self._get("time_dense_0")(timestep_embedding(labels, self.nf))
       temb = self._get("time_dense_1")(F.silu(temb))

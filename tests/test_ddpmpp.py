@@ -12,6 +12,7 @@ import pytest
 from jaxpure import models
 from jaxpure.errors import ImporterError, UserInputError
 from jaxpure.importers import ddpmpp as imp
+from jaxpure.models.ddpmpp import timestep_embedding
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CKPT = os.path.join(DATA, "ddpmpp_cifar10_nf16.pth")
@@ -155,6 +156,23 @@ def test_small_shapes_batch_independence_and_labels(small):
   assert np.abs(swapped - out).max(axis=(1, 2, 3)).min() > 1e-3
   with pytest.raises(ValueError, match="expected x of shape"):
     module.apply(v, jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,)))
+
+
+def test_time_embedding_follows_the_images_dtype_not_the_labels(small):
+  """float64 labels (a Python scalar under x64, say) leave a float32 network float32; float64
+  images run it in float64, the time embedding included (float64 reference checks)."""
+  module, params, apply = small
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1), minval=-1, maxval=1)
+  with jax.enable_x64(True):
+    labels = jnp.array([3.0, 500.0], jnp.float64)
+    assert apply({"params": params}, x, labels).dtype == jnp.float32
+    p64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    out64 = apply({"params": p64}, jnp.asarray(x, jnp.float64), labels)
+    assert out64.dtype == jnp.float64
+    emb = timestep_embedding(labels, 16, dtype=jnp.float64)
+  angles = np.outer([3.0, 500.0], 1e4 ** (-np.arange(8) / 7))  # float64, f_k = 1e4^(-k/7)
+  np.testing.assert_allclose(np.asarray(emb), np.concatenate([np.sin(angles), np.cos(angles)], 1),
+                             rtol=0, atol=1e-12)
 
 
 def test_dropout_only_in_training(small):

@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 from benchmarks import bench_attack  # noqa: E402
 from benchmarks import torch_diffpure as td  # noqa: E402
 from jaxpure import models  # noqa: E402
+from jaxpure.attacks import eot  # noqa: E402
+from jaxpure.defense import Defense  # noqa: E402
 from jaxpure.importers import ddpmpp as imp  # noqa: E402
 from jaxpure.importers import torch_io  # noqa: E402
 from jaxpure.purifiers import common, diffpure  # noqa: E402
@@ -93,8 +95,8 @@ def test_conversion_is_strict():
     td.ddpmpp_from_flax(bad, dict(models.fields(module), image_size=8))
 
 
-@pytest.mark.parametrize("sampler", [  # ~30 s each, mostly compiling: one in the default suite
-    "sde", pytest.param("ddpm", marks=pytest.mark.slow), pytest.param("ddim", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~30 s each, mostly compiling; the gradient test below covers "sde" by default
+@pytest.mark.parametrize("sampler", diffpure.SAMPLERS)
 def test_chain_matches_jaxpure_float64(sampler):
   """Given the normal draws jaxpure makes from its keys (`bench_attack.diffpure_noise`), the
   PyTorch chain purifies to jaxpure's images in float64, for every sampler; and a wrong step
@@ -126,3 +128,37 @@ def test_chain_matches_jaxpure_float64(sampler):
       off = _nhwc(td.diffpure_chain(net, _nchw(x), _nchw(noise[0]),
                                     torch.stack([_nchw(z) for z in steps[1]]), ts))
     assert np.max(np.abs(off - want[0])) > 1e-3
+
+
+def test_exact_eot_gradient_matches_jaxpure_float64():
+  """The PyTorch EOT gradient through DiffPure (autograd, with and without per-step
+  checkpointing) equals jaxpure's `eot.exact_eot_gradient` in float64, for a linear classifier
+  read in NHWC order on both sides."""
+  module, params = _small(jitter=0.02)
+  s = diffpure.Settings(t_star=0.3, num_steps=3, sampler="sde")
+  n, b = 2, 3
+  w = np.random.default_rng(5).normal(size=(64, 10)) * 0.5
+  defense = Defense(score_fn=models.score_function(module),
+                    logits_fn=lambda v, x: x.reshape(x.shape[0], -1) @ v["w"],
+                    family=diffpure, settings=s, restarts=n)
+  y = np.array([1, 7, 3])
+  with jax.enable_x64(True):
+    variables = {"score": {"params": jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)},
+                 "classifier": {"w": jnp.asarray(w)}}
+    x = jax.random.uniform(jax.random.key(3), (b, 8, 8, 1), jnp.float64)
+    keys = common.example_keys(jax.random.key(4), jnp.arange(b))
+    loss, grad = (np.asarray(a) for a in jax.jit(eot.exact_eot_gradient(defense, "ce", n))(
+        variables, keys, x, jnp.asarray(y)))
+    noise, steps = (np.asarray(a) for a in bench_attack.diffpure_noise(keys, x, n, s.num_steps))
+  net = td.ddpmpp_from_flax(jax.device_get(params), dict(models.fields(module), image_size=8))
+  net = net.double()
+  w_t = torch.from_numpy(w)
+  clf = lambda z: z.permute(0, 2, 3, 1).reshape(z.shape[0], -1) @ w_t  # noqa: E731
+  steps_t = torch.stack([torch.stack([_nchw(z) for z in steps[r]]) for r in range(n)])
+  assert np.abs(grad).max() > 1e-3
+  for checkpoint in (False, True):
+    loss_t, grad_t = td.exact_eot_gradient(
+        net, clf, _nchw(x), torch.from_numpy(y), torch.stack([_nchw(a) for a in noise]),
+        steps_t, td.DiffPureSettings.like(s), checkpoint)
+    np.testing.assert_allclose(loss_t.numpy(), loss, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_nhwc(grad_t), grad, rtol=0, atol=1e-10 * np.abs(grad).max())

@@ -51,16 +51,16 @@ def _group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
                       use_fast_variance=False, name=name)
 
 
-def timestep_embedding(labels: jax.Array, dim: int, max_positions: float = 10000.0) -> jax.Array:
+def timestep_embedding(labels: jax.Array, dim: int, max_positions: float = 10000.0,
+                       dtype=jnp.float32) -> jax.Array:
   """Transformer-style sinusoidal embedding ``[B] -> [B, dim]``: the first ``dim // 2`` columns
   are ``sin(label * f_k)`` and the next ``dim // 2`` ``cos(label * f_k)``, with frequencies
   ``f_k = max_positions^(-k / (dim // 2 - 1))``, k = 0 .. dim // 2 - 1; an odd ``dim`` gets a
-  trailing zero column. Computed in float32, or float64 for float64 labels (float64
-  reference checks then hold to float64 rounding)."""
+  trailing zero column. Computed in ``dtype``: float32 (as the original), or float64 where the
+  network runs in float64 (float64 reference checks then hold to float64 rounding)."""
   half = dim // 2
   if half < 2:
     raise ValueError(f"the time embedding needs dim >= 4, got {dim}")
-  dtype = jnp.result_type(labels.dtype, jnp.float32)
   rate = math.log(max_positions) / (half - 1)
   freqs = jnp.exp(-rate * jnp.arange(half, dtype=dtype))
   angles = labels.astype(dtype)[:, None] * freqs[None, :]
@@ -231,7 +231,8 @@ class DDPMpp(nn.Module):
 
     if self.conditional:
       labels = jnp.broadcast_to(jnp.asarray(labels), (x.shape[0],))
-      temb = timestep_embedding(labels, nf)
+      # float32 unless the images are float64 (the labels' dtype does not promote the net).
+      temb = timestep_embedding(labels, nf, dtype=jnp.result_type(x.dtype, jnp.float32))
       temb = nn.Dense(4 * nf, kernel_init=ddpm_init(), bias_init=nn.initializers.zeros,
                       name="time_dense_0")(temb)
       temb = nn.Dense(4 * nf, kernel_init=ddpm_init(), bias_init=nn.initializers.zeros,
