@@ -4,7 +4,7 @@ are, and the lower bound they put on the purifier and on the exact gradient.
   python benchmarks/bench_conv_floor.py --quick                # digits net, batch 2560
   python benchmarks/bench_conv_floor.py --quick --batch 256    # the attack benchmark's batch
   python benchmarks/bench_conv_floor.py --quick --no-torch     # without PyTorch's column
-  python benchmarks/bench_conv_floor.py --config digits_diffpure --batch 256  # DiffPure's DDPM++
+  python benchmarks/bench_conv_floor.py --config configs/digits_diffpure.py --batch 256  # DDPM++
 
 Lists every convolution of the network at batch B, read from its jaxpr (input and kernel
 shapes, strides, padding, dilation, and how many the network has of each). Each distinct one is
@@ -39,7 +39,8 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
 from benchmarks import common  # noqa: E402
 
@@ -48,11 +49,12 @@ def parse_args(argv=None):
   p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="digits net (default: CIFAR-10 net)")
   p.add_argument("--config", default=None,
-                 help="a config module of configs/ whose score network to time (default digits "
-                      "with --quick, else cifar10), e.g. digits_diffpure")
+                 help="config file whose score network to time (default configs/digits.py with "
+                      "--quick, else configs/cifar10.py), e.g. configs/digits_diffpure.py")
   p.add_argument("--device", default="cpu", help="cpu or gpu")
   p.add_argument("--batch", type=int, default=None,
-                 help="network batch (default 2560 quick: 256 images x 10 restarts; 16 full)")
+                 help="network batch (default 2560 for images up to 16 pixels wide, e.g. "
+                      "digits: 256 images x 10 restarts; else 16)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--no-torch", dest="torch", action="store_false",
                  help="skip PyTorch's column")
@@ -61,14 +63,9 @@ def parse_args(argv=None):
   if args.repeats < 1 or (args.batch is not None and args.batch < 1):
     p.error("--batch and --repeats must be >= 1")
   if args.quick and args.config:
-    p.error("--quick and --config: give one (--quick is --config digits)")
-  args.config = args.config or ("digits" if args.quick else "cifar10")
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{args.config}.py")
-  if (not args.config.isidentifier() or args.config.startswith("_")
-      or not os.path.isfile(path)):
-    p.error(f"--config {args.config}: no such module in configs/ (e.g. digits_diffpure)")
-  args.batch = args.batch or (2560 if args.config.startswith("digits") else 16)
+    p.error("--quick and --config: give one (--quick is --config configs/digits.py)")
+  args.config = args.config or os.path.join(
+      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
   return args
 
 
@@ -183,15 +180,13 @@ def torch_conv_ms(c: ConvCase, repeats: int) -> dict | None:
   return out
 
 
-def network(config_module: str, batch: int, device):
-  """(score fn(variables, x), variables, x [batch, H, W, C] in [0, 1]) with jaxpure's random
-  initialisation (`bench_attack.network_variables`)."""
-  import importlib
+def network(config, batch: int, device):
+  """(score fn(variables, x), variables, x [batch, H, W, C] in [0, 1]) of the config's score
+  network with jaxpure's random initialisation (`bench_attack.network_variables`)."""
   import jax
   import jax.numpy as jnp
   from benchmarks.bench_attack import network_variables
   from jaxpure import model_specs
-  config = importlib.import_module(f"configs.{config_module}").get_config()
   variables, _ = network_variables(config, None, 0, device)
   score = model_specs.score_fn(config)
   x = jax.device_put(jax.random.uniform(
@@ -213,10 +208,15 @@ def run(args) -> dict:
       torch_ok = True
     except ImportError:
       print("PyTorch is not installed: its column is skipped")
+  from benchmarks.bench_purify import load_config
+  from jaxpure import model_specs
+  config = load_config(args.config)  # one line and exit 2 if it is missing or broken
+  if args.batch is None:
+    args.batch = 2560 if model_specs.image_shape(config)[0] <= 16 else 16
   info = common.describe(device)
   common.print_header("bench_conv_floor", {**info, "batch": args.batch,
-                                           "net": args.config})
-  score, params, x = network(args.config, args.batch, device)
+                                           "config": os.path.relpath(args.config)})
+  score, params, x = network(config, args.batch, device)
   cases = convolutions(jax.make_jaxpr(score)(params, x).jaxpr)
   if not cases:
     common.fail("the network has no convolution")
