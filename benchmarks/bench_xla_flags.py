@@ -1,9 +1,9 @@
 """Does an XLA:CPU flag make jaxpure's purifier or its exact gradient faster?
 
-Times, under each XLA_FLAGS setting, the ADP defense's forward purification (B images, all R
-restarts and T steps; `Defense.make_purifier`) and the exact EOT gradient of its loss (B
-images, EOT 2; `attacks.eot.exact_eot_gradient`), digits nets (configs/digits.py, random
-initialisation). Flags are fixed when a process starts, so each setting runs in its own
+Times, under each XLA_FLAGS setting, the config's defense's forward purification (B images,
+all R restarts and steps; `Defense.make_purifier`) and the exact EOT gradient of its loss (B
+images, EOT 2; `attacks.eot.exact_eot_gradient`), random-initialised networks (--config,
+default configs/digits.py: the ADP digits defense). Flags are fixed when a process starts, so each setting runs in its own
 process; the settings take turns, round after round (baseline, flag 1, ..., baseline, flag
 1, ...), and each flag's ratio (baseline seconds / its seconds: above 1, the flag is faster)
 is taken against the baseline of its own round, printed as the median with its min-max over
@@ -11,6 +11,7 @@ the rounds. Each flag is added to the XLA_FLAGS this script was started with (th
 
   python benchmarks/bench_xla_flags.py --rounds 2                   # ~20 minutes on 2 cores
   python benchmarks/bench_xla_flags.py --flags=--xla_cpu_enable_fast_math=true
+  python benchmarks/bench_xla_flags.py --config configs/digits_diffpure.py --batch 64 --restarts 2
 
 Without --flags it tries the XLA:CPU flags that route convolutions to other libraries
 (XNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does not know
@@ -41,6 +42,8 @@ def parse_args(argv=None):
   p = common.Parser(description=__doc__.split("\n\n")[0])
   p.add_argument("--flags", action="append", default=None,
                  help="an XLA_FLAGS setting to compare with the baseline (repeatable)")
+  p.add_argument("--config", default=os.path.join(REPO_ROOT, "configs", "digits.py"),
+                 help="config file of the defense (default configs/digits.py)")
   p.add_argument("--batch", type=int, default=256, help="images B")
   p.add_argument("--restarts", type=int, default=10, help="R of the forward purification")
   p.add_argument("--repeats", type=int, default=3, help="timed calls per process (median)")
@@ -56,6 +59,8 @@ def parse_args(argv=None):
       p.error("--flags: each value must be a non-empty XLA flag (the baseline always runs)")
     if len(set(args.flags)) != len(args.flags):
       p.error("--flags: a flag is given twice")
+  if not os.path.isfile(args.config):
+    p.error(f"--config {args.config}: no such file")
   return args
 
 
@@ -64,25 +69,22 @@ def child(args) -> None:
   import jax
   import jax.numpy as jnp
   from benchmarks import common
-  from configs import digits
-  from jaxpure import attacks, model_specs, parallel, purifiers
-  from jaxpure.defense import Defense
-  from jaxpure.jobs import train
+  from benchmarks.bench_purify import load_config
+  from jaxpure import attacks, model_specs, parallel
+  from jaxpure.jobs import evaluation, train
   from jaxpure.purifiers.common import example_keys
-  config = digits.get_config()
+  config = load_config(args.config)
   mesh = parallel.make_mesh(jax.devices("cpu")[:1])
   params = {}
   for name, spec in (("score", model_specs.SCORE), ("classifier", model_specs.CLASSIFIER)):
     state = train.init_train_state(spec, config, spec.build(config), jax.random.key(len(name)),
                                    mesh)
     params[name] = {"params": state.ema_params, **state.model_state}
-  family = purifiers.get("adp")
-  defense = Defense(score_fn=model_specs.score_fn(config),
-                    logits_fn=model_specs.logits_fn(config), family=family, settings=family.Settings(**dict(config.purifiers.adp)),
-                    restarts=args.restarts)
+  config.defense.restarts = args.restarts
+  defense = evaluation.make_defense(config)
   b = args.batch
   x = jax.random.uniform(jax.random.key(2), (b,) + model_specs.image_shape(config))
-  y = jnp.arange(b) % 10  # digits: 10 classes
+  y = jnp.arange(b) % config.data.num_classes
   keys = example_keys(jax.random.key(3), jnp.arange(b))
   purify = defense.make_purifier(args.restarts)
   gradient = jax.jit(attacks.eot.exact_eot_gradient(defense, "ce", 2, 0, 0.0, x))
@@ -98,7 +100,8 @@ def child(args) -> None:
 def run_setting(args, flag: str | None) -> dict | None:
   """The child's timings with `flag` added to this process's XLA_FLAGS (None: the baseline),
   or None (and a line saying why) if its process failed."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--config", args.config,
+         "--batch", str(args.batch),
          "--restarts", str(args.restarts), "--repeats", str(args.repeats)]
   flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flag or "") if f)
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
@@ -124,8 +127,9 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the parent only reports the CPU
   from benchmarks import common
   import jax
-  common.print_header("XLA:CPU flags: ADP purifier forward and exact EOT gradient (digits)",
-                      common.describe(jax.devices("cpu")[0]))
+  common.print_header("XLA:CPU flags: a defense's forward purification and exact EOT gradient",
+                      {**common.describe(jax.devices("cpu")[0]),
+                       "config": os.path.relpath(args.config, REPO_ROOT)})
   print(f"B {args.batch}, R {args.restarts} (forward), EOT 2 (gradient), "
         f"{args.repeats} timed calls per process, {args.rounds} rounds")
   names = ["baseline"] + list(args.flags or DEFAULT_FLAGS)

@@ -222,3 +222,10 @@ def test_bench_conv_floor_refuses_a_bad_config_in_one_line(args, message):
   assert out.returncode == 2
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), out.stderr
+
+
+def test_bench_xla_flags_refuses_a_missing_config_in_one_line():
+  out = _run("bench_xla_flags.py", "--config", "configs/no_such_config.py", timeout=120)
+  assert out.returncode == 2
+  assert [l for l in out.stderr.splitlines() if l.strip()] == [
+      "error: --config configs/no_such_config.py: no such file (see --help)"], out.stderr
