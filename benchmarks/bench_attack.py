@@ -275,7 +275,7 @@ def run_benchmark(args) -> dict:
   import torch
 
   from benchmarks.bench_purify import load_config, select_devices, test_images, to_nhwc
-  from jaxpure import config_checks, model_specs
+  from jaxpure import config_checks, model_specs, purifiers
   from jaxpure.attacks import eot
   from jaxpure.errors import UserInputError
   from jaxpure.jobs import evaluation
@@ -297,9 +297,8 @@ def run_benchmark(args) -> dict:
   if config.score.head != "score" or config.score.model != score_models[family]:
     fail(f"config.score: model {config.score.model!r}, head {config.score.head!r}: the PyTorch "
          f"reference of {family} runs {score_models[family]!r} with the 'score' head")
-  if args.max_iter is not None:
-    steps_field = {"adp": "max_iter", "diffpure": "num_steps"}[family]
-    config.purifiers[family][steps_field] = args.max_iter
+  if args.max_iter is not None:  # the family's own steps field (ADP's T, DiffPure's N)
+    config.purifiers[family][purifiers.get(family).STEPS_FIELD] = args.max_iter
   if config.classifier.model not in ("small_cnn", "wrn"):
     fail(f"config.classifier.model={config.classifier.model!r}: the PyTorch reference has "
          "small_cnn and wrn")
@@ -311,7 +310,7 @@ def run_benchmark(args) -> dict:
   if family == "adp" and (settings.method != "adp" or settings.noise != "gaussian"):
     fail(f"purifiers.adp: method={settings.method!r}, noise={settings.noise!r}: the benchmark "
          "differentiates ADP with Gaussian noise ('adp', 'gaussian')")
-  steps = defense.settings.max_iter if family == "adp" else defense.settings.num_steps
+  steps = getattr(defense.settings, defense.family.STEPS_FIELD)
   batch = args.batch or (config.attack.batch_size if args.quick else 16)
   n_eot = args.n_eot or config.attack.apgd_eot.n_eot
   repeats = args.repeats or (5 if args.quick else 3)
