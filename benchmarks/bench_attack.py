@@ -38,6 +38,12 @@ Every ratio is computed pair by pair within a round (pytorch seconds / jaxpure s
 above 1 means jaxpure is faster) and printed as the median with its min-max over the rounds.
 torch uses torch.set_num_threads(<CPUs available>); XLA sizes its own pool.
 
+Memory: jaxpure's compiled temporaries (XLA's memory analysis) and, on a GPU, each PyTorch
+variant's peak allocation in its first float32 call are printed. A PyTorch variant that runs
+out of device memory there (autograd through the loop keeps every step's activations) is
+reported as such and left out of the timing; the others are timed. JAX keeps the memory it
+has used in its pool, so PyTorch runs with what is left of the device.
+
 Modes: --quick: configs/digits.py (8x8x1 NCSNv2 ngf 8, small CNN), B = the config's attack
 batch (128), n = its apgd_eot EOT (2). Default: configs/cifar10.py (32x32x3, ngf 128, WRN-28-10),
 B = 16, n = 2, for a GPU; cut it down on a CPU with --batch/--n_eot/--max_iter. --config
@@ -51,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import sys
@@ -376,17 +383,41 @@ def run_benchmark(args) -> dict:
     run_jax = lambda: compiled(variables, keys, x, y)  # noqa: E731
     g_jax = np.asarray(run_jax()[1])
 
+    memory = compiled.memory_analysis()
+    report["jaxpure_temp_bytes"] = int(memory.temp_size_in_bytes) if memory else None
+
   nets = torch_networks(variables, config, torch_device, torch.float32)
   torch_fns = torch_gradients(nets, defense, x_np, y_np, noise, torch_device)
-  sync_torch = ((lambda out: torch.cuda.synchronize()) if torch_device == "cuda"
-                else (lambda out: None))
+  cuda = torch_device == "cuda"
+  sync_torch = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
   runs = {"jaxpure": (run_jax, lambda out: jax.block_until_ready(out))}
+  # Each PyTorch variant's first float32 call; one that runs out of device memory (autograd
+  # keeps every step's activations) is reported and left out of the timing.
+  def first_call(fn):
+    if cuda:
+      torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    sync_torch(out)
+    return out, (torch.cuda.max_memory_allocated() if cuda else None)
+  firsts, out_of_memory = common.run_once_each(
+      {name: functools.partial(first_call, fn) for name, fn in torch_fns.items()},
+      release=torch.cuda.empty_cache if cuda else (lambda: None))
+  report["out_of_memory"] = out_of_memory
+  report["peak_bytes"] = {"jaxpure_compiled_temp": report["jaxpure_temp_bytes"]}
+  report["peak_bytes"].update({name: peak for name, (_, peak) in firsts.items()})
+  print("memory: jaxpure's compiled temporaries "
+        + (f"{report['jaxpure_temp_bytes'] / 2**20:.0f} MiB"
+           if report["jaxpure_temp_bytes"] is not None else "not reported")
+        + "".join(f"; {name} peak allocated {peak / 2**20:.0f} MiB"
+                  for name, (_, peak) in firsts.items() if peak is not None))
+  for name, message in out_of_memory.items():
+    print(f"{name}: out of memory at this size, not timed ({message})")
   # Examples whose gradient is not finite (NaN/inf) are counted and left out of the diffs.
   finite = lambda g: np.isfinite(g).reshape(len(g), -1).all(-1)  # noqa: E731
   info = {"jaxpure": {"nonfinite_examples": int(np.sum(~finite(g_jax)))}}
-  for name, fn in torch_fns.items():
-    runs[name] = (fn, sync_torch)
-    g = to_nhwc(fn()[1])
+  for name, (out, _) in firsts.items():
+    runs[name] = (torch_fns[name], sync_torch)
+    g = to_nhwc(out[1])
     both = finite(g) & finite(g_jax)
     a, b = g[both], g_jax[both]
     cos = float(np.sum(a * b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
@@ -422,6 +453,8 @@ def run_benchmark(args) -> dict:
   print(f"total wall time: {report['total_wall_s']:.0f} s")
   for key, r in ratios.items():
     common.print_ratio(key, r)
+  for name in out_of_memory:
+    print(f"ratio jaxpure/{name}: none ({name} ran out of memory)")
   return report
 
 

@@ -96,6 +96,23 @@ def is_out_of_memory(e: BaseException) -> bool:
           or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError")
 
 
+def run_once_each(fns: dict, release=lambda: None) -> tuple[dict, dict]:
+  """Calls each of fns {name: () -> output} once, in order: ({name: output} of those that ran,
+  {name: one-line message} of those that ran out of device memory). `release()` is called
+  after each out-of-memory (to hand the allocator's cached blocks back before the next one).
+  Any other exception propagates."""
+  outputs, out_of_memory = {}, {}
+  for name, fn in fns.items():
+    try:
+      outputs[name] = fn()
+    except Exception as e:  # noqa: BLE001  (only out-of-memory is caught: re-raised otherwise)
+      if not is_out_of_memory(e):
+        raise
+      out_of_memory[name] = " ".join(str(e).split())[:300]
+      release()
+  return outputs, out_of_memory
+
+
 def run_against_torch(run_benchmark, args, oom_hint: str) -> int:
   """The main of a benchmark that times jaxpure against PyTorch: needs torch (one line, exit 2
   without it), keeps JAX from preallocating the shared accelerator, turns out-of-memory into

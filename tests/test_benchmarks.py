@@ -127,6 +127,27 @@ def test_bench_attack_gradients_agree_and_ratios_are_printed(tmp_path):
     assert f"ratio jaxpure/{name}: {ratio['median']:.2f} (min-max over 2 pairs" in out.stdout
   assert all(len(v) == 2 and min(v) > 0 for v in r["seconds"].values())
   assert r["jaxpure_compile_s"] > 0
+  assert r["out_of_memory"] == {} and r["jaxpure_temp_bytes"] > 0
+  assert "memory: jaxpure's compiled temporaries" in out.stdout
+
+
+def test_run_once_each_leaves_out_what_ran_out_of_memory_and_raises_the_rest():
+  sys.path.insert(0, REPO_ROOT)
+  from benchmarks import common
+
+  class OutOfMemoryError(RuntimeError):  # the name PyTorch's CUDA out-of-memory error has
+    pass
+
+  def oom():
+    raise OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 MiB")
+
+  released = []
+  outputs, out_of_memory = common.run_once_each(
+      {"a": lambda: 1, "b": oom, "c": lambda: 3}, release=lambda: released.append(1))
+  assert outputs == {"a": 1, "c": 3} and list(out_of_memory) == ["b"]
+  assert "out of memory" in out_of_memory["b"] and released == [1]
+  with pytest.raises(ValueError, match="not memory"):
+    common.run_once_each({"a": lambda: (_ for _ in ()).throw(ValueError("not memory"))})
 
 
 @pytest.mark.slow  # a benchmark script end to end (minutes on 2 cores)
