@@ -403,13 +403,12 @@ def run_benchmark(args) -> dict:
       {name: functools.partial(first_call, fn) for name, fn in torch_fns.items()},
       release=torch.cuda.empty_cache if cuda else (lambda: None))
   report["out_of_memory"] = out_of_memory
-  report["peak_bytes"] = {"jaxpure_compiled_temp": report["jaxpure_temp_bytes"]}
-  report["peak_bytes"].update({name: peak for name, (_, peak) in firsts.items()})
+  report["pytorch_peak_bytes"] = {name: peak for name, (_, peak) in firsts.items()}
+  temp = report["jaxpure_temp_bytes"]
   print("memory: jaxpure's compiled temporaries "
-        + (f"{report['jaxpure_temp_bytes'] / 2**20:.0f} MiB"
-           if report["jaxpure_temp_bytes"] is not None else "not reported")
+        + (f"{temp / 2**20:.0f} MiB" if temp is not None else "not reported")
         + "".join(f"; {name} peak allocated {peak / 2**20:.0f} MiB"
-                  for name, (_, peak) in firsts.items() if peak is not None))
+                  for name, peak in report["pytorch_peak_bytes"].items() if peak is not None))
   for name, message in out_of_memory.items():
     print(f"{name}: out of memory at this size, not timed ({message})")
   # Examples whose gradient is not finite (NaN/inf) are counted and left out of the diffs.

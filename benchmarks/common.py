@@ -96,6 +96,11 @@ def is_out_of_memory(e: BaseException) -> bool:
           or "can't allocate memory" in text or type(e).__name__ == "OutOfMemoryError")
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+  """An exception's message on one line, at most `limit` characters."""
+  return " ".join(str(e).split())[:limit]
+
+
 def run_once_each(fns: dict, release=lambda: None) -> tuple[dict, dict]:
   """Calls each of fns {name: () -> output} once, in order: ({name: output} of those that ran,
   {name: one-line message} of those that ran out of device memory). `release()` is called
@@ -108,7 +113,7 @@ def run_once_each(fns: dict, release=lambda: None) -> tuple[dict, dict]:
     except Exception as e:  # noqa: BLE001  (only out-of-memory is caught: re-raised otherwise)
       if not is_out_of_memory(e):
         raise
-      out_of_memory[name] = " ".join(str(e).split())[:300]
+      out_of_memory[name] = one_line(e)
       release()
   return outputs, out_of_memory
 
@@ -127,7 +132,7 @@ def run_against_torch(run_benchmark, args, oom_hint: str) -> int:
     report = run_benchmark(args)
   except Exception as e:  # noqa: BLE001
     if is_out_of_memory(e):
-      fail(f"out of memory: {' '.join(str(e).split())[:300]}; {oom_hint}")
+      fail(f"out of memory: {one_line(e)}; {oom_hint}")
     raise
   write_json(args.json, report)
   return 0
