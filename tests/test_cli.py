@@ -264,6 +264,26 @@ def test_the_eps_sweep_runs_when_asked_and_reuses_the_attack(trained_workdir, tm
   assert swept["robust_accuracy"] == plain["robust_accuracy"]  # the same attack, reused keys
 
 
+@pytest.mark.slow  # an evaluation with a two-point sweep
+def test_an_evaluation_compiles_each_attack_and_scoring_program_once(trained_workdir, tmp_path):
+  """The sweep's points share their attack's program (eps, step size and steps are inputs),
+  and every attack unit with the same scoring runs shares one scoring program: pgd_clf with a
+  two-point sweep of pgd_eot_full and pgd_clf compiles for the clean unit, pgd_clf and the
+  first point of the pgd_eot_full sweep only."""
+  from jaxpure.jobs import evaluation
+  config = _tiny_config()
+  config.attack.sweep_eps = (0.1, 0.5)
+  config.attack.pgd_clf.n_eot = 1  # as the sweep's blind attack (a static setting)
+  config.eval.scoring_runs = 1  # as the sweep's scoring
+  lines = []
+  report = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, sweep=True,
+                               print_fn=lines.append, output_dir=str(tmp_path / "eval"))
+  compiled = [line.split(":")[0].removeprefix("[eval] ") for line in lines
+              if line.endswith("compiling ...")]
+  assert compiled == ["clean", "pgd_clf", "sweep_pgd_eot_full_eps0.100000"]
+  assert [len(report["eps_sweep"][n]) for n in ("pgd_eot_full", "pgd_clf")] == [2, 2]
+
+
 def test_sigterm_during_evaluation_says_how_to_resume(trained_workdir, tmp_path):
   workdir, _ = trained_workdir
   proc = subprocess.Popen([sys.executable, "evaluate.py", "--config", SMOKE, "--workdir",

@@ -93,7 +93,7 @@ def test_each_scoring_run_is_the_defense_with_its_own_keys():
   runs = 4
   unit = units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 64, 0,
                            scoring_runs=runs)
-  out = jax.jit(unit.fn)(params, batch, unit.dynamic)
+  out = units.run_unit(unit, params, batch)
   assert out["defended_correct"].shape == (runs, 64)
   s_key = jax.random.fold_in(eval_key, units.tag("pgd_clf"))
   for r in range(runs):
@@ -116,7 +116,7 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
                              64, 0, scoring_runs=runs)
   budget = units.budget_unit("pgd_eot_full", s, defense, attack_key, eval_key, 64, 0, 64,
                              scoring_runs=runs)
-  whole = jax.jit(attack.fn)(params, batch, attack.dynamic)["defended_correct"]
+  whole = units.run_unit(attack, params, batch)["defended_correct"]
   curves = jax.jit(budget.fn)(params, batch, budget.dynamic)
   assert curves["steps_correct"].shape == (3, runs, 64)  # steps 1, 2, 4
   assert curves["eot_correct"].shape == (2, runs, 64)  # EOT 1, 2
@@ -128,8 +128,8 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
                       (curves["eot_correct"][0], dict(n_eot=1))):
     shorter = units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
         s, **budget), defense, attack_key, eval_key, 64, 0, scoring_runs=runs)
-    np.testing.assert_array_equal(np.asarray(row), np.asarray(jax.jit(shorter.fn)(
-        params, batch, shorter.dynamic)["defended_correct"]))
+    np.testing.assert_array_equal(np.asarray(row), np.asarray(units.run_unit(
+        shorter, params, batch)["defended_correct"]))
   assert not np.array_equal(np.asarray(curves["steps_correct"][0]), np.asarray(whole))
 
 
@@ -167,3 +167,48 @@ def test_an_unconverged_budget_curve_makes_the_report_suspect():
       num_steps=40, n_eot=2), (5, 10, 20, 40), (1, 2), np.stack([flat[0]] * 4), flat)
   assert converged["converged"]
   assert report.suspect_reasons(dict(base, budget_curves=converged), "pgd_eot_full") == []
+
+
+@pytest.mark.parametrize("name", ["pgd_eot_full", "apgd_eot"])
+def test_an_attack_and_its_eps_sweep_share_programs_that_equal_each_compiled_alone(name):
+  """The attack's own unit and a point of its eps sweep (other eps, step size and, for PGD,
+  number of steps) share their programs (the attack, then the scoring, which every attack
+  unit with the same scoring runs shares); the attack unit's executables, given the sweep
+  point's inputs, return the attack with the sweep point's settings compiled from constants
+  (`attack_function` with no overrides) under the sweep's keys, scored by the defense under
+  the sweep's scoring key. APGD's schedule depends on its steps: its sweep shares the attack
+  program only at the attack's own num_steps."""
+  defense, params, batch = _unit_inputs(b=16)
+  attack_key, eval_key = jax.random.key(5), jax.random.key(6)
+  s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=4, n_eot=2,
+                                 losses=("ce",))
+  point = dataclasses.replace(s, eps=0.1, step_size=0.05, num_steps=3)
+  if name == "apgd_eot":
+    point = dataclasses.replace(point, num_steps=s.num_steps)
+    other = units.attack_unit("x", name, dataclasses.replace(point, num_steps=3), defense,
+                              attack_key, eval_key, 16, 0, sweep_index=1)
+    assert other.stages[0].compile_key != units.attack_unit(
+        name, name, s, defense, attack_key, eval_key, 16, 0).stages[0].compile_key
+  own = units.attack_unit(name, name, s, defense, attack_key, eval_key, 16, 0)
+  sweep = units.attack_unit(f"sweep_{name}_eps0.1", name, point, defense, attack_key, eval_key,
+                            16, 0, sweep_index=2)
+  blind = units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 16, 0)
+  assert [st.compile_key for st in own.stages] == [st.compile_key for st in sweep.stages]
+  assert blind.stages[1].compile_key == own.stages[1].compile_key
+  assert blind.stages[0].compile_key != own.stages[0].compile_key
+  compiled = units.compile_stages(own, params, batch)
+  got = units.call_stages(sweep, compiled, params, batch)
+
+  keys = [jax.random.fold_in(jax.random.fold_in(k, units.tag(f"sweep_{name}")), 2)
+          for k in (attack_key, eval_key)]
+  x_adv = jax.jit(lambda p, x, y, i: attacks_lib.attack_function(name, defense, point)(
+      p, common.example_keys(keys[0], i), x, y))(params, batch["image"], batch["label"],
+                                                 batch["index"])
+  np.testing.assert_array_equal(np.asarray(got["x_adv"]), np.asarray(x_adv))
+  probs = defense.predict(params, x_adv, common.example_keys(keys[1], batch["index"]))
+  np.testing.assert_array_equal(np.asarray(got["defended_correct"][0]),
+                                np.asarray(probs["mean_softmax"] == batch["label"]))
+  assert np.max(np.abs(np.asarray(x_adv - batch["image"]))) <= 0.1 + 1e-6
+  # the attack's own inputs give another point (the programs really take the inputs)
+  assert not np.array_equal(np.asarray(got["x_adv"]), np.asarray(
+      units.call_stages(own, compiled, params, batch)["x_adv"]))

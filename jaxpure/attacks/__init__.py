@@ -122,13 +122,23 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
   return s.num_steps * per_gradient
 
 
+def dynamic_settings(name: str) -> tuple[str, ...]:
+  """The settings attack `name` can take as (traced) arguments (`attack_function`), so that one
+  compiled program serves any of their values; APGD's schedule depends on its number of
+  steps, so its num_steps is not one of them."""
+  return ("eps", "step_size") if name == "apgd_eot" else ("eps", "step_size", "num_steps")
+
+
 def attack_function(name: str, defense: Defense, s: AttackSettings):
-  """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None)`."""
+  """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None,
+  num_steps=None)`; the overrides (traced or not) replace the settings' values, those not in
+  `dynamic_settings(name)` must stay None."""
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
   _check(name, s, defense)
-  return lambda params, keys, x, y, eps=None, step_size=None: pgd_lib.pgd(
-      _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size)
+  return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: pgd_lib.pgd(
+      _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size,
+      num_steps=num_steps)
 
 
 def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tuple[int, ...]):
@@ -159,8 +169,10 @@ def _apgd_runs(defense: Defense, s: AttackSettings):
   loss_index = jnp.asarray([i for i, _ in runs], jnp.int32)
   first = jnp.asarray([f for _, f in runs])
 
-  def run(params, keys, x, y, eps=None, step_size=None):
+  def run(params, keys, x, y, eps=None, step_size=None, num_steps=None):
     del step_size  # APGD sets its own (2 eps, halved)
+    if num_steps is not None:
+      raise ValueError("apgd_eot's schedule needs its settings' own num_steps")
     keys = per_example_keys(keys, x.shape[0])
     radius = s.eps if eps is None else eps
 
@@ -213,4 +225,4 @@ def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):
 
 __all__ = ["ATTACKS", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
            "SPECS", "AttackSettings", "AttackSpec", "attack_function", "attack_trajectory",
-           "make_attack", "project", "purifications", "select_candidate"]
+           "dynamic_settings", "make_attack", "project", "purifications", "select_candidate"]

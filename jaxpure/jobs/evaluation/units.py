@@ -2,11 +2,12 @@
 batches with results stored per batch (`store.BatchStore`).
 
 A batch function is `fn(params, batch, dynamic) -> {name: array with a last batch axis}`; it is
-jitted once per compile key, so units that differ only in `dynamic` inputs (an eps sweep)
-share one executable. Every example's randomness comes from its index in the test split.
+jitted once per compile key, so units that differ only in `dynamic` inputs (an attack and its
+eps sweep) share one executable. Every example's randomness comes from its index in the test split.
 """
 
 import dataclasses
+import json
 import time
 import zlib
 from collections.abc import Callable
@@ -21,12 +22,25 @@ from jaxpure.purifiers.common import example_keys
 
 
 @dataclasses.dataclass(frozen=True)
+class Stage:
+  """One compiled program of a unit: `fn(params, batch, inputs) -> {name: array}`, inputs
+  being this unit's arrays for it (`dynamic`, traced) and the outputs of the unit's earlier
+  stages named in `takes`. Stages with the same compile_key share one executable."""
+  fn: Callable
+  compile_key: str
+  dynamic: dict = dataclasses.field(default_factory=dict)
+  takes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Unit:
   """name: the unit's name (also its folder); fn: the batch function; batch_size: per batch;
   signature: the settings its results depend on (besides the shared ones); dynamic: traced
   inputs of fn; compile_key: units with the same key share one compiled fn; work: estimated
   cost per example in purifications (`attacks.purifications`), for the overall ETA;
-  num_examples: run on the first num_examples examples only (default: all of the runner's)."""
+  num_examples: run on the first num_examples examples only (default: all of the runner's);
+  then: further stages run after fn on each batch, each its own program (`Stage`); the
+  unit's results are the union of the stages' outputs."""
   name: str
   fn: Callable
   batch_size: int
@@ -35,6 +49,38 @@ class Unit:
   compile_key: str | None = None
   work: float = 1.0
   num_examples: int | None = None
+  then: tuple[Stage, ...] = ()
+
+  @property
+  def stages(self) -> tuple[Stage, ...]:
+    return (Stage(self.fn, self.compile_key or self.name, self.dynamic),) + self.then
+
+
+def compile_stages(unit: Unit, params, batch, cache: dict | None = None) -> list:
+  """The unit's stages compiled for this batch's shapes (each stage's inputs from the earlier
+  stages' output shapes), taken from / added to `cache` (compile key -> executable)."""
+  cache = {} if cache is None else cache
+  compiled, shapes = [], {}
+  for stage in unit.stages:
+    if stage.compile_key not in cache:
+      inputs = dict(stage.dynamic, **{k: shapes[k] for k in stage.takes})
+      cache[stage.compile_key] = jax.jit(stage.fn).lower(params, batch, inputs).compile()
+    compiled.append(cache[stage.compile_key])
+    shapes.update(compiled[-1].out_info)
+  return compiled
+
+
+def call_stages(unit: Unit, compiled: list, params, batch) -> dict:
+  """The unit's results on one batch: its compiled stages (`compile_stages`) in order."""
+  out = {}
+  for stage, fn in zip(unit.stages, compiled):
+    out.update(fn(params, batch, dict(stage.dynamic, **{k: out[k] for k in stage.takes})))
+  return out
+
+
+def run_unit(unit: Unit, params, batch) -> dict:
+  """Compiles and runs the unit on one batch (outside a Runner)."""
+  return call_stages(unit, compile_stages(unit, params, batch), params, batch)
 
 
 def tag(name: str) -> int:
@@ -76,41 +122,65 @@ def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: De
                 sweep_index: int | None = None, scoring_runs: int = 1) -> Unit:
   """Attack `name` with settings s on each batch; the attacked images are scored by
   `scoring_runs` independent runs of the full defense with fresh randomness (keys folded from
-  eval_key; run 0 uses the unfolded key), never the attack's own samples.
+  eval_key; run 0 uses the unfolded key), never the attack's own samples. A point of the eps
+  sweep (sweep_index given) folds the sweep's name and its index into the keys.
 
-  For a sweep (sweep_index given) one executable serves every eps of attack `name`: eps and
-  the step size (2.5 eps / steps) are dynamic inputs and the keys fold in the sweep index.
+  Two programs: the attack, then the scoring (`scoring_stage`, shared by every attack unit
+  with the same scoring runs). The attack's eps, step size and (PGD-type attacks) number of
+  steps and the keys are inputs, so units of one attack that differ only in those (the
+  attack's own unit and the points of its eps sweep, at the same batch size) share one
+  executable (`compile_key`).
   """
-  sweep = sweep_index is not None
-  compile_key = f"sweep_{name}" if sweep else None
-  key_name = compile_key if sweep else unit
-  a_key, s_key = jax.random.fold_in(attack_key, tag(key_name)), jax.random.fold_in(
-      eval_key, tag(key_name))
+  key_name = f"sweep_{name}" if sweep_index is not None else unit
+  a_key, s_key = (jax.random.fold_in(k, tag(key_name)) for k in (attack_key, eval_key))
+  if sweep_index is not None:
+    a_key, s_key = (jax.random.fold_in(k, sweep_index) for k in (a_key, s_key))
+  impl = jax.random.key_impl(a_key)
+  names = attacks_lib.dynamic_settings(name)
   attack = attacks_lib.attack_function(name, defense, s)
 
   def fn(params, batch, dynamic):
-    if sweep:
-      a_k, s_k = jax.random.fold_in(a_key, dynamic["tag"]), jax.random.fold_in(s_key,
-                                                                               dynamic["tag"])
-      eps, step = dynamic["eps"], 2.5 * dynamic["eps"] / s.num_steps
-    else:
-      a_k, s_k, eps, step = a_key, s_key, None, None
+    a_k = jax.random.wrap_key_data(dynamic["attack_key"], impl=impl)
     x, y = batch["image"], batch["label"]
-    x_adv = attack(params, example_keys(a_k, batch["index"]), x, y, eps, step)
-    runs = scoring_correct(defense, params, x_adv[None], jnp.zeros(scoring_runs, jnp.int32), y,
-                           batch["index"], scoring_keys(s_k, scoring_runs))
-    bare = jnp.argmax(defense.classify(params, x_adv), -1) == y
+    x_adv = attack(params, example_keys(a_k, batch["index"]), x, y,
+                   **{k: dynamic[k] for k in names})
     dist = (jnp.max(jnp.abs(x_adv - x), axis=(1, 2, 3)) if s.norm == "linf"
             else jnp.sqrt(jnp.sum((x_adv - x) ** 2, axis=(1, 2, 3))))
-    return {"defended_correct": runs, "bare_correct": bare,
-            "distance": dist, "x_adv": x_adv}
+    return {"distance": dist, "x_adv": x_adv}
 
-  dynamic = ({"eps": jnp.float32(s.eps), "tag": jnp.uint32(sweep_index)} if sweep else {})
+  dynamic = {"attack_key": np.asarray(jax.random.key_data(a_key)),
+             **{k: np.asarray(getattr(s, k), np.int32 if k == "num_steps" else np.float32)
+                for k in names}}
+  static = {k: v for k, v in dataclasses.asdict(s).items() if k not in names}
+  compile_key = json.dumps({"attack": name, "static_settings": static, "batch_size": batch_size},
+                           sort_keys=True, default=str)
   signature = {"attack": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed}
   if scoring_runs != 1:
     signature["scoring_runs"] = scoring_runs
+  if sweep_index is not None:  # its keys fold it in
+    signature["sweep_index"] = sweep_index
   work = attacks_lib.purifications(name, s, defense.restarts) + scoring_runs * defense.restarts
-  return Unit(unit, fn, batch_size, signature, dynamic, compile_key, work=max(work, 0.1))
+  return Unit(unit, fn, batch_size, signature, dynamic, compile_key, work=max(work, 0.1),
+              then=(scoring_stage(defense, s_key, scoring_runs, batch_size),))
+
+
+def scoring_stage(defense: Defense, score_key, scoring_runs: int, batch_size: int) -> Stage:
+  """Scores an attack stage's points `x_adv` [B, H, W, C]: defended_correct [runs, B] by
+  `scoring_correct` with `scoring_keys(score_key, runs)`, bare_correct [B] on the bare
+  classifier. The key is an input: one executable scores every attack unit of an evaluation
+  with the same number of runs and batch size."""
+  impl = jax.random.key_impl(score_key)
+
+  def fn(params, batch, inputs):
+    s_k = jax.random.wrap_key_data(inputs["score_key"], impl=impl)
+    x_adv, y = inputs["x_adv"], batch["label"]
+    runs = scoring_correct(defense, params, x_adv[None], jnp.zeros(scoring_runs, jnp.int32), y,
+                           batch["index"], scoring_keys(s_k, scoring_runs))
+    bare = jnp.argmax(defense.classify(params, x_adv), -1) == y
+    return {"defended_correct": runs, "bare_correct": bare}
+  key = json.dumps({"scoring_runs": scoring_runs, "batch_size": batch_size})
+  return Stage(fn, key, {"score_key": np.asarray(jax.random.key_data(score_key))},
+               takes=("x_adv",))
 
 
 def halvings(budget: int, count: int = 4) -> tuple[int, ...]:
@@ -229,7 +299,6 @@ class Runner:
       self.print_fn(f"[eval] {unit.name}: found {min(stored_count, num_batches)} of "
                     f"{num_batches} batches stored by an earlier run of the same networks "
                     "and settings")
-    compile_key = unit.compile_key or unit.name
     compiled, compile_s, run_s, done, results, reused = None, 0.0, 0.0, 0, [], 0
     for i, batch in enumerate(it):
       mask = np.asarray(jax.device_get(batch["mask"]))
@@ -239,14 +308,12 @@ class Runner:
       else:
         if compiled is None:
           t0 = time.perf_counter()
-          if compile_key not in self._compiled:
+          if any(st.compile_key not in self._compiled for st in unit.stages):
             self.print_fn(f"[eval] {unit.name}: compiling ...")
-            self._compiled[compile_key] = jax.jit(unit.fn).lower(
-                self.params, batch, unit.dynamic).compile()
-          compiled = self._compiled[compile_key]
+          compiled = compile_stages(unit, self.params, batch, self._compiled)
           compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = jax.device_get(compiled(self.params, batch, unit.dynamic))
+        out = jax.device_get(call_stages(unit, compiled, self.params, batch))
         seconds = time.perf_counter() - t0
         stored = {k: np.asarray(v)[..., mask] for k, v in out.items() if k != "x_adv"}
         if "x_adv" in out:
@@ -293,4 +360,5 @@ def concat(results: list[dict], key: str) -> np.ndarray:
   return np.concatenate([r[key] for r in results], axis=-1)
 
 
-__all__ = ["Unit", "Runner", "clean_unit", "attack_unit", "concat", "tag", "ensemble"]
+__all__ = ["Unit", "Stage", "Runner", "clean_unit", "attack_unit", "scoring_stage", "concat", "tag",
+           "ensemble", "compile_stages", "call_stages", "run_unit"]
