@@ -268,8 +268,8 @@ def test_the_eps_sweep_runs_when_asked_and_reuses_the_attack(trained_workdir, tm
 def test_an_evaluation_compiles_each_attack_and_scoring_program_once(trained_workdir, tmp_path):
   """The sweep's points share their attack's program (eps, step size and steps are inputs),
   and every attack unit with the same scoring runs shares one scoring program: pgd_clf with a
-  two-point sweep of pgd_eot_full and pgd_clf compiles for the clean unit, pgd_clf and the
-  first point of the pgd_eot_full sweep only."""
+  two-point sweep of pgd_eot_full and pgd_clf compiles the clean unit, pgd_clf's attack and
+  scoring, and the pgd_eot_full sweep's attack, once each."""
   from jaxpure.jobs import evaluation
   config = _tiny_config()
   config.attack.sweep_eps = (0.1, 0.5)
@@ -278,9 +278,10 @@ def test_an_evaluation_compiles_each_attack_and_scoring_program_once(trained_wor
   lines = []
   report = evaluation.evaluate(config, str(trained_workdir[0]), ["pgd_clf"], 8, sweep=True,
                                print_fn=lines.append, output_dir=str(tmp_path / "eval"))
-  compiled = [line.split(":")[0].removeprefix("[eval] ") for line in lines
-              if line.endswith("compiling ...")]
-  assert compiled == ["clean", "pgd_clf", "sweep_pgd_eot_full_eps0.100000"]
+  compiled = [line.removeprefix("[eval] ").removesuffix(" ...") for line in lines
+              if line.startswith("[eval] ") and " compiling" in line]
+  assert compiled == ["clean: compiling", "pgd_clf: compiling",
+                      "pgd_clf: compiling the scoring", "sweep_pgd_eot_full_eps0.100000: compiling"]
   assert [len(report["eps_sweep"][n]) for n in ("pgd_eot_full", "pgd_clf")] == [2, 2]
 
 

@@ -1,9 +1,11 @@
-"""Attacks with one interface: `attack(params, keys, x, y, eps=None, step_size=None) -> x_adv`.
+"""Attacks with one interface:
+`attack(params, keys, x, y, eps=None, step_size=None, num_steps=None) -> x_adv`.
 
 x: [B, H, W, C] in [0, 1]; y: [B] int labels; keys: [B] per-example keys (or one key);
 params: {"score": score network variables, "classifier": classifier variables}; eps,
-step_size: optional (traced) overrides of the settings' values (one compiled attack for an eps
-sweep). x_adv stays in the eps-ball around x and in [0, 1].
+step_size, num_steps: optional (traced) overrides of the settings' values
+(`dynamic_settings`), so that one compiled attack serves an attack and its eps sweep. x_adv
+stays in the eps-ball around x and in [0, 1].
 
 Each attack is a gradient estimator `(params, keys, x, y) -> (loss [B], g)` (`eot.py`)
 driven by a step rule (`pgd.py`, `apgd.py`):
@@ -123,16 +125,16 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
 
 
 def dynamic_settings(name: str) -> tuple[str, ...]:
-  """The settings attack `name` can take as (traced) arguments (`attack_function`), so that one
-  compiled program serves any of their values; APGD's schedule depends on its number of
-  steps, so its num_steps is not one of them."""
+  """The settings attack `name` takes as (traced) arguments (`attack_function`), so that one
+  compiled program serves any of their values. APGD's schedule depends on its number of
+  steps, so its num_steps is not one of them; its step_size is passed and ignored."""
   return ("eps", "step_size") if name == "apgd_eot" else ("eps", "step_size", "num_steps")
 
 
 def attack_function(name: str, defense: Defense, s: AttackSettings):
   """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None,
-  num_steps=None)`; the overrides (traced or not) replace the settings' values, those not in
-  `dynamic_settings(name)` must stay None."""
+  num_steps=None)`; the overrides (traced or not) replace the settings' values. APGD sets its
+  own step sizes (step_size is ignored) and refuses num_steps."""
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
   _check(name, s, defense)

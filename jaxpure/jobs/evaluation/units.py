@@ -25,22 +25,25 @@ from jaxpure.purifiers.common import example_keys
 class Stage:
   """One compiled program of a unit: `fn(params, batch, inputs) -> {name: array}`, inputs
   being this unit's arrays for it (`dynamic`, traced) and the outputs of the unit's earlier
-  stages named in `takes`. Stages with the same compile_key share one executable."""
+  stages named in `takes`. Stages with the same compile_key (and the same shapes and
+  shardings of the outputs they take) share one executable. label: how the progress line
+  names the program ("" for a unit's first)."""
   fn: Callable
   compile_key: str
   dynamic: dict = dataclasses.field(default_factory=dict)
   takes: tuple[str, ...] = ()
+  label: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """name: the unit's name (also its folder); fn: the batch function; batch_size: per batch;
-  signature: the settings its results depend on (besides the shared ones); dynamic: traced
-  inputs of fn; compile_key: units with the same key share one compiled fn; work: estimated
-  cost per example in purifications (`attacks.purifications`), for the overall ETA;
-  num_examples: run on the first num_examples examples only (default: all of the runner's);
-  then: further stages run after fn on each batch, each its own program (`Stage`); the
-  unit's results are the union of the stages' outputs."""
+  """name: the unit's name (also its folder); fn: the batch function of the unit's first
+  program; batch_size: per batch; signature: the settings its results depend on (besides the
+  shared ones); dynamic: traced inputs of fn; compile_key: units with the same key share one
+  compiled fn; work: estimated cost per example in purifications (`attacks.purifications`),
+  for the overall ETA; num_examples: run on the first num_examples examples only (default: all
+  of the runner's); then: further programs run after fn on each batch (`Stage`). The unit's
+  results are the union of its programs' outputs."""
   name: str
   fn: Callable
   batch_size: int
@@ -56,16 +59,21 @@ class Unit:
     return (Stage(self.fn, self.compile_key or self.name, self.dynamic),) + self.then
 
 
-def compile_stages(unit: Unit, params, batch, cache: dict | None = None) -> list:
-  """The unit's stages compiled for this batch's shapes (each stage's inputs from the earlier
-  stages' output shapes), taken from / added to `cache` (compile key -> executable)."""
+def compile_stages(unit: Unit, params, batch, cache: dict | None = None,
+                   on_compile=lambda stage: None) -> list:
+  """The unit's stages compiled for this batch (each stage's inputs described by the earlier
+  stages' outputs), taken from or added to `cache`; on_compile(stage) is called before each
+  compilation. The cache's keys name neither the networks nor the defense: one cache serves
+  the units of one evaluation (one Runner)."""
   cache = {} if cache is None else cache
   compiled, shapes = [], {}
   for stage in unit.stages:
-    if stage.compile_key not in cache:
+    key = (stage.compile_key,) + tuple((k, str(shapes[k])) for k in stage.takes)
+    if key not in cache:
+      on_compile(stage)
       inputs = dict(stage.dynamic, **{k: shapes[k] for k in stage.takes})
-      cache[stage.compile_key] = jax.jit(stage.fn).lower(params, batch, inputs).compile()
-    compiled.append(cache[stage.compile_key])
+      cache[key] = jax.jit(stage.fn).lower(params, batch, inputs).compile()
+    compiled.append(cache[key])
     shapes.update(compiled[-1].out_info)
   return compiled
 
@@ -126,10 +134,10 @@ def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: De
   sweep (sweep_index given) folds the sweep's name and its index into the keys.
 
   Two programs: the attack, then the scoring (`scoring_stage`, shared by every attack unit
-  with the same scoring runs). The attack's eps, step size and (PGD-type attacks) number of
-  steps and the keys are inputs, so units of one attack that differ only in those (the
-  attack's own unit and the points of its eps sweep, at the same batch size) share one
-  executable (`compile_key`).
+  with the same scoring runs and batch size). The attack's eps, step size and (PGD-type
+  attacks) number of steps and the keys are inputs, so units of one attack that differ only
+  in those (the attack's own unit and the points of its eps sweep, at the same batch size)
+  share one executable (`compile_key`).
   """
   key_name = f"sweep_{name}" if sweep_index is not None else unit
   a_key, s_key = (jax.random.fold_in(k, tag(key_name)) for k in (attack_key, eval_key))
@@ -180,7 +188,7 @@ def scoring_stage(defense: Defense, score_key, scoring_runs: int, batch_size: in
     return {"defended_correct": runs, "bare_correct": bare}
   key = json.dumps({"scoring_runs": scoring_runs, "batch_size": batch_size})
   return Stage(fn, key, {"score_key": np.asarray(jax.random.key_data(score_key))},
-               takes=("x_adv",))
+               takes=("x_adv",), label="the scoring")
 
 
 def halvings(budget: int, count: int = 4) -> tuple[int, ...]:
@@ -308,9 +316,9 @@ class Runner:
       else:
         if compiled is None:
           t0 = time.perf_counter()
-          if any(st.compile_key not in self._compiled for st in unit.stages):
-            self.print_fn(f"[eval] {unit.name}: compiling ...")
-          compiled = compile_stages(unit, self.params, batch, self._compiled)
+          compiled = compile_stages(
+              unit, self.params, batch, self._compiled, lambda stage: self.print_fn(
+                  f"[eval] {unit.name}: compiling{' ' + stage.label if stage.label else ''} ..."))
           compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = jax.device_get(call_stages(unit, compiled, self.params, batch))
