@@ -1,9 +1,11 @@
 """Units of an evaluation: each a name, a batch function and a signature, run over the test
 batches with results stored per batch (`store.BatchStore`).
 
-A batch function is `fn(params, batch, dynamic) -> {name: array with a last batch axis}`; it is
-jitted once per compile key, so units that differ only in `dynamic` inputs (an attack and its
-eps sweep) share one executable. Every example's randomness comes from its index in the test split.
+A unit runs one or more programs per batch (`Stage`; an attack unit: the attack, then the
+scoring), each `fn(params, batch, inputs) -> {name: array with a last batch axis}` and each
+compiled once per compile key: units that differ only in their inputs (an attack and the
+points of its eps sweep) share executables, and the attack units share one scoring program.
+Every example's randomness comes from its index in the test split.
 """
 
 import dataclasses
