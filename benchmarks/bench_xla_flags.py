@@ -9,7 +9,7 @@ process; the settings take turns, round after round (baseline, flag 1, ..., base
 is taken against the baseline of its own round, printed as the median with its min-max over
 the rounds. Each flag is added to the XLA_FLAGS this script was started with (the baseline).
 
-  python benchmarks/bench_xla_flags.py --rounds 2                   # ~20 minutes on 2 cores
+  python benchmarks/bench_xla_flags.py --rounds 2                   # 20-40 minutes on 2 cores
   python benchmarks/bench_xla_flags.py --flags=--xla_cpu_enable_fast_math=true
   python benchmarks/bench_xla_flags.py --config configs/digits_diffpure.py --batch 64 --restarts 2
 
@@ -17,6 +17,13 @@ Without --flags it tries the XLA:CPU flags that route convolutions to other libr
 (XNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does not know
 makes its process fail: that flag is reported as failed, the others go on (a process still
 running after --timeout seconds too). Without a single baseline timing it exits 1.
+
+A flag can be accepted and still change nothing: XLA leaves a program alone where the flag's
+library does not take its operations. So each process also returns its forward purification
+and gradient, and each flag's are compared with its round's baseline: the largest absolute
+difference is printed (and written to --json). 0 means the flag's program computed the
+baseline's results bit for bit, which suggests (it does not prove) that the flag changed
+nothing; a difference means another library (or another fusion) computed them.
 """
 
 import argparse
@@ -25,13 +32,18 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 DEFAULT_FLAGS = (
     "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+    "--xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
     "--xla_cpu_experimental_onednn_custom_call=true",
+    "--xla_cpu_use_onednn=true",
+    "--xla_cpu_use_xnnpack=true",
     "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
 )
 MARK = "bench_xla_flags:"
@@ -51,6 +63,7 @@ def parse_args(argv=None):
   p.add_argument("--timeout", type=float, default=1200, help="seconds per process")
   p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--save", default=None, help=argparse.SUPPRESS)  # the child's outputs (.npz)
   args = p.parse_args(argv)
   if min(args.batch, args.restarts, args.repeats, args.rounds) < 1 or not args.timeout > 0:
     p.error("--batch, --restarts, --repeats, --rounds and --timeout must be positive")
@@ -68,6 +81,7 @@ def child(args) -> None:
   """Times forward and gradient in this process (its XLA_FLAGS) and prints one JSON line."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from benchmarks import common
   from benchmarks.bench_purify import load_config
   from jaxpure import attacks, model_specs, parallel
@@ -88,20 +102,26 @@ def child(args) -> None:
   keys = example_keys(jax.random.key(3), jnp.arange(b))
   purify = defense.make_purifier(args.restarts)
   gradient = jax.jit(attacks.eot.exact_eot_gradient(defense, "ce", 2, 0, 0.0, x))
-  out = {}
+  out, results = {}, {}
   for name, fn in (("forward", lambda: purify(params, x, keys)),
                    ("gradient", lambda: gradient(params, keys, x, y))):
-    jax.block_until_ready(fn())  # compiles
+    results[name] = jax.block_until_ready(fn())  # compiles
     out[name] = statistics.median(common.timed(fn, jax.block_until_ready)
                                   for _ in range(args.repeats))
+  if args.save:
+    leaves = {f"{name}{jax.tree_util.keystr(path)}": np.asarray(leaf)
+              for name, tree in results.items()
+              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    np.savez(args.save, **leaves)
   print(MARK + json.dumps(out), flush=True)
 
 
-def run_setting(args, flag: str | None) -> dict | None:
+def run_setting(args, flag: str | None, save: str) -> dict | None:
   """The child's timings with `flag` added to this process's XLA_FLAGS (None: the baseline),
-  or None (and a line saying why) if its process failed."""
+  or None (and a line saying why) if its process failed. The child writes its forward
+  purification and gradient to `save` (.npz)."""
   cmd = [sys.executable, os.path.abspath(__file__), "--child", "--config", args.config,
-         "--batch", str(args.batch),
+         "--batch", str(args.batch), "--save", save,
          "--restarts", str(args.restarts), "--repeats", str(args.repeats)]
   flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flag or "") if f)
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
@@ -119,6 +139,21 @@ def run_setting(args, flag: str | None) -> dict | None:
   return None
 
 
+def max_differences(baseline: str, flag: str) -> dict | None:
+  """{output: max |flag - baseline|} of two children's saved outputs (None without the
+  baseline's; NaN where the two differ in where they are non-finite)."""
+  import numpy as np
+  if not os.path.exists(baseline):
+    return None
+  with np.load(baseline) as b, np.load(flag) as f:
+    out = {}
+    for k in b.files:
+      d = np.abs(f[k].astype(np.float64) - b[k].astype(np.float64))
+      same_nonfinite = np.array_equal(np.isfinite(b[k]), np.isfinite(f[k]))
+      out[k] = float(np.max(d[np.isfinite(d)], initial=0.0)) if same_nonfinite else float("nan")
+    return out
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.child:
@@ -134,15 +169,26 @@ def main(argv=None) -> int:
         f"{args.repeats} timed calls per process, {args.rounds} rounds")
   names = ["baseline"] + list(args.flags or DEFAULT_FLAGS)
   seconds = {n: [] for n in names}
-  for r in range(args.rounds):
-    for n in names:
-      t = run_setting(args, None if n == "baseline" else n)
-      seconds[n].append(t)
-      if t:
-        print(f"round {r + 1} {n}: forward {t['forward']:.3f} s, "
-              f"gradient {t['gradient']:.3f} s", flush=True)
+  differences = {n: [] for n in names[1:]}  # max |flag - baseline| of its round, per output
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.rounds):
+      for i, n in enumerate(names):
+        save = os.path.join(tmp, f"round{r}_{i}.npz")
+        t = run_setting(args, None if n == "baseline" else n, save)
+        seconds[n].append(t)
+        if not t:
+          if n != "baseline":
+            differences[n].append(None)
+          continue
+        line = f"round {r + 1} {n}: forward {t['forward']:.3f} s, gradient {t['gradient']:.3f} s"
+        if n != "baseline":
+          differences[n].append(max_differences(os.path.join(tmp, f"round{r}_0.npz"), save))
+          if differences[n][-1] is not None:
+            line += "; max |diff| from the baseline: " + ", ".join(
+                f"{k} {v:.1e}" for k, v in differences[n][-1].items())
+        print(line, flush=True)
   report = {"xla_flags_of_all": os.environ.get("XLA_FLAGS", ""), "seconds": seconds,
-            "ratios": {}}
+            "max_abs_differences": differences, "ratios": {}}
   for n in names[1:]:
     for part in ("forward", "gradient"):
       rounds = [(b[part], t[part]) for b, t in zip(seconds["baseline"], seconds[n]) if b and t]

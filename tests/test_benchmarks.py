@@ -200,6 +200,35 @@ def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path
   assert r["seconds"]["--xla_cpu_no_such_flag=1"] == [None]
   assert "--xla_cpu_no_such_flag=1: failed" in out.stdout
   assert "ratio baseline/flag gradient [--xla_cpu_use_onednn=true]" in out.stdout
+  # each flag's outputs against its round's baseline: the purification and the gradient's
+  # leaves (loss and input gradient), each a finite difference >= 0; none for a failed process
+  (diffs,) = r["max_abs_differences"]["--xla_cpu_use_onednn=true"]
+  assert set(diffs) == {"forward", "gradient[0]", "gradient[1]"}
+  assert all(v >= 0 for v in diffs.values())
+  assert "max |diff| from the baseline: forward" in out.stdout
+  assert r["max_abs_differences"]["--xla_cpu_no_such_flag=1"] == [None]
+
+
+def test_bench_xla_flags_compares_a_flags_outputs_with_its_baselines(tmp_path):
+  import numpy as np
+  from benchmarks.bench_xla_flags import max_differences
+  x = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
+  base, same, moved, nonfinite = (str(tmp_path / f"{n}.npz") for n in
+                                  ("base", "same", "moved", "nonfinite"))
+  np.savez(base, forward=x, gradient=2 * x)
+  np.savez(same, forward=x.copy(), gradient=2 * x)
+  y = x.copy()
+  y[1, 2] += 0.25
+  np.savez(moved, forward=y, gradient=2 * x)
+  z = 2 * x
+  z[0, 0] = np.inf
+  np.savez(nonfinite, forward=x, gradient=z)
+  assert max_differences(base, same) == {"forward": 0.0, "gradient": 0.0}
+  moved_diff = max_differences(base, moved)
+  assert moved_diff["forward"] == pytest.approx(0.25) and moved_diff["gradient"] == 0.0
+  nonfinite_diff = max_differences(base, nonfinite)  # inf where the baseline is finite
+  assert nonfinite_diff["forward"] == 0.0 and np.isnan(nonfinite_diff["gradient"])
+  assert max_differences(str(tmp_path / "missing.npz"), same) is None
 
 
 @pytest.mark.slow  # a benchmark script end to end (a minute on 2 cores)
