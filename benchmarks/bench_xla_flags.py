@@ -3,27 +3,32 @@
 Times, under each XLA_FLAGS setting, the config's defense's forward purification (B images,
 all R restarts and steps; `Defense.make_purifier`) and the exact EOT gradient of its loss (B
 images, EOT 2; `attacks.eot.exact_eot_gradient`), random-initialised networks (--config,
-default configs/digits.py: the ADP digits defense). Flags are fixed when a process starts, so each setting runs in its own
-process; the settings take turns, round after round (baseline, flag 1, ..., baseline, flag
-1, ...), and each flag's ratio (baseline seconds / its seconds: above 1, the flag is faster)
-is taken against the baseline of its own round, printed as the median with its min-max over
-the rounds. Each flag is added to the XLA_FLAGS this script was started with (the baseline).
+default configs/digits.py: the ADP digits defense). Flags are fixed when a process starts, so
+each setting runs in its own process. The settings take turns, round after round, in an
+order that rotates by one each round (round 1: baseline, flag 1, flag 2; round 2: flag 1,
+flag 2, baseline; ...), so no setting always runs first or last. Each flag's ratio (baseline
+seconds / its seconds: above 1, the flag is faster) is taken against the baseline of its own
+round, printed as the median with its min-max over the rounds. Each flag is added to the
+XLA_FLAGS this script was started with (the baseline).
 
   python benchmarks/bench_xla_flags.py --rounds 2                   # 20-40 minutes on 2 cores
   python benchmarks/bench_xla_flags.py --flags=--xla_cpu_enable_fast_math=true
   python benchmarks/bench_xla_flags.py --config configs/digits_diffpure.py --batch 64 --restarts 2
 
 Without --flags it tries the XLA:CPU flags that route convolutions to other libraries
-(XNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does not know
-makes its process fail: that flag is reported as failed, the others go on (a process still
-running after --timeout seconds too). Without a single baseline timing it exits 1.
+(XNNPACK, YNNPACK, oneDNN) or change how fusions are built. A flag the installed jaxlib does
+not know makes its process fail: that flag is reported as failed, the others go on (a process
+still running after --timeout seconds too). Without a single baseline timing it exits 1.
 
 A flag can be accepted and still change nothing: XLA leaves a program alone where the flag's
-library does not take its operations. So each process also returns its forward purification
-and gradient, and each flag's are compared with its round's baseline: the largest absolute
-difference is printed (and written to --json). 0 means the flag's program computed the
-baseline's results bit for bit, which suggests (it does not prove) that the flag changed
-nothing; a difference means another library (or another fusion) computed them.
+library does not take its operations. So each process also returns its outputs (the forward
+purification; the gradient's per-example loss and input gradient), and each flag's are
+compared with its round's baseline, output by output: "identical" (the same bytes), or the
+largest absolute difference over the entries finite in both, or "non-finite entries differ"
+(printed, and written to --json). Identical outputs suggest (they do not prove) that the flag
+changed nothing; a difference means another library (or another fusion) computed them. The
+baselines of later rounds are compared with the first round's in the same way, which shows
+whether the program is deterministic at all.
 """
 
 import argparse
@@ -108,11 +113,12 @@ def child(args) -> None:
     results[name] = jax.block_until_ready(fn())  # compiles
     out[name] = statistics.median(common.timed(fn, jax.block_until_ready)
                                   for _ in range(args.repeats))
-  if args.save:
-    leaves = {f"{name}{jax.tree_util.keystr(path)}": np.asarray(leaf)
-              for name, tree in results.items()
-              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    np.savez(args.save, **leaves)
+  if args.save:  # written under another name and renamed: a killed child leaves no half file
+    loss, input_gradient = results["gradient"]
+    partial = args.save + ".partial.npz"
+    np.savez(partial, purified=np.asarray(results["forward"]), loss=np.asarray(loss),
+             input_gradient=np.asarray(input_gradient))
+    os.replace(partial, args.save)
   print(MARK + json.dumps(out), flush=True)
 
 
@@ -139,19 +145,43 @@ def run_setting(args, flag: str | None, save: str) -> dict | None:
   return None
 
 
-def max_differences(baseline: str, flag: str) -> dict | None:
-  """{output: max |flag - baseline|} of two children's saved outputs (None without the
-  baseline's; NaN where the two differ in where they are non-finite)."""
+def compare_outputs(baseline: str, other: str) -> dict | str:
+  """Two children's saved outputs (.npz), output by output: {name: {"identical": the same
+  shape, dtype and bytes; "max_abs_diff": max |other - baseline| over the entries finite in
+  both, None where they are not finite at the same entries (or the shapes differ), and 0.0
+  for identical outputs}}. A string says why there is no comparison (a file missing or
+  unreadable, the outputs' names differ)."""
   import numpy as np
-  if not os.path.exists(baseline):
-    return None
-  with np.load(baseline) as b, np.load(flag) as f:
-    out = {}
-    for k in b.files:
-      d = np.abs(f[k].astype(np.float64) - b[k].astype(np.float64))
-      same_nonfinite = np.array_equal(np.isfinite(b[k]), np.isfinite(f[k]))
-      out[k] = float(np.max(d[np.isfinite(d)], initial=0.0)) if same_nonfinite else float("nan")
-    return out
+  try:
+    with np.load(baseline) as b, np.load(other) as o:
+      if sorted(b.files) != sorted(o.files):
+        return f"the outputs differ: {sorted(b.files)} against {sorted(o.files)}"
+      out = {}
+      for k in b.files:
+        bk, ok = b[k], o[k]
+        identical = (bk.shape == ok.shape and bk.dtype == ok.dtype
+                     and bk.tobytes() == ok.tobytes())
+        diff = None
+        if identical:
+          diff = 0.0
+        elif bk.shape == ok.shape and np.array_equal(np.isfinite(bk), np.isfinite(ok)):
+          finite = np.isfinite(bk)
+          diff = float(np.max(np.abs(ok[finite].astype(np.float64)
+                                     - bk[finite].astype(np.float64)), initial=0.0))
+        out[k] = {"identical": identical, "max_abs_diff": diff}
+      return out
+  except (OSError, ValueError, EOFError) as e:  # missing, truncated or not an .npz
+    return f"no comparison: {e}"
+
+
+def describe_comparison(c: dict | str) -> str:
+  """One line's worth of compare_outputs' result."""
+  if isinstance(c, str):
+    return c
+  return ", ".join(
+      f"{k} " + ("identical" if v["identical"] else "non-finite entries differ"
+                 if v["max_abs_diff"] is None else f"max |diff| {v['max_abs_diff']:.1e}")
+      for k, v in c.items())
 
 
 def main(argv=None) -> int:
@@ -169,26 +199,33 @@ def main(argv=None) -> int:
         f"{args.repeats} timed calls per process, {args.rounds} rounds")
   names = ["baseline"] + list(args.flags or DEFAULT_FLAGS)
   seconds = {n: [] for n in names}
-  differences = {n: [] for n in names[1:]}  # max |flag - baseline| of its round, per output
+  # each flag's outputs against its round's baseline, round by round; the baseline's, from
+  # round 2 on, against round 1's. None where either process failed (compare_outputs)
+  outputs = {n: [] for n in names}
   with tempfile.TemporaryDirectory() as tmp:
+    saved = lambda r, i: os.path.join(tmp, f"round{r}_{i}.npz")  # noqa: E731
     for r in range(args.rounds):
-      for i, n in enumerate(names):
-        save = os.path.join(tmp, f"round{r}_{i}.npz")
-        t = run_setting(args, None if n == "baseline" else n, save)
+      k = r % len(names)  # the order rotates round by round
+      for i in list(range(len(names)))[k:] + list(range(len(names)))[:k]:
+        n = names[i]
+        t = run_setting(args, None if n == "baseline" else n, saved(r, i))
         seconds[n].append(t)
-        if not t:
-          if n != "baseline":
-            differences[n].append(None)
+        if t:
+          print(f"round {r + 1} {n}: forward {t['forward']:.3f} s, "
+                f"gradient {t['gradient']:.3f} s", flush=True)
+      for i, n in enumerate(names):
+        if n == "baseline" and r == 0:
+          continue  # the reference of the baselines' own comparisons
+        ref = 0 if n == "baseline" else r  # the round of the baseline compared with
+        if not seconds[n][r] or not seconds["baseline"][ref]:
+          outputs[n].append(None)
           continue
-        line = f"round {r + 1} {n}: forward {t['forward']:.3f} s, gradient {t['gradient']:.3f} s"
-        if n != "baseline":
-          differences[n].append(max_differences(os.path.join(tmp, f"round{r}_0.npz"), save))
-          if differences[n][-1] is not None:
-            line += "; max |diff| from the baseline: " + ", ".join(
-                f"{k} {v:.1e}" for k, v in differences[n][-1].items())
-        print(line, flush=True)
+        c = compare_outputs(saved(ref, 0), saved(r, i))
+        outputs[n].append(c)
+        print(f"round {r + 1} {n} against round {ref + 1}'s baseline: "
+              f"{describe_comparison(c)}", flush=True)
   report = {"xla_flags_of_all": os.environ.get("XLA_FLAGS", ""), "seconds": seconds,
-            "max_abs_differences": differences, "ratios": {}}
+            "outputs_against_baseline": outputs, "ratios": {}}
   for n in names[1:]:
     for part in ("forward", "gradient"):
       rounds = [(b[part], t[part]) for b, t in zip(seconds["baseline"], seconds[n]) if b and t]

@@ -200,35 +200,97 @@ def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path
   assert r["seconds"]["--xla_cpu_no_such_flag=1"] == [None]
   assert "--xla_cpu_no_such_flag=1: failed" in out.stdout
   assert "ratio baseline/flag gradient [--xla_cpu_use_onednn=true]" in out.stdout
-  # each flag's outputs against its round's baseline: the purification and the gradient's
-  # leaves (loss and input gradient), each a finite difference >= 0; none for a failed process
-  (diffs,) = r["max_abs_differences"]["--xla_cpu_use_onednn=true"]
-  assert set(diffs) == {"forward", "gradient[0]", "gradient[1]"}
-  assert all(v >= 0 for v in diffs.values())
-  assert "max |diff| from the baseline: forward" in out.stdout
-  assert r["max_abs_differences"]["--xla_cpu_no_such_flag=1"] == [None]
+  # each flag's outputs against its round's baseline, output by output; none for a failed process
+  (onednn,) = r["outputs_against_baseline"]["--xla_cpu_use_onednn=true"]
+  assert set(onednn) == {"purified", "loss", "input_gradient"}
+  assert all(v["max_abs_diff"] >= 0 and isinstance(v["identical"], bool) for v in onednn.values())
+  assert "--xla_cpu_use_onednn=true against round 1's baseline: purified " in out.stdout
+  assert r["outputs_against_baseline"]["--xla_cpu_no_such_flag=1"] == [None]
+  assert r["outputs_against_baseline"]["baseline"] == []  # one round: nothing to compare with
+
+
+def _save(path, **arrays):
+  import numpy as np
+  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  return str(path)
 
 
 def test_bench_xla_flags_compares_a_flags_outputs_with_its_baselines(tmp_path):
   import numpy as np
-  from benchmarks.bench_xla_flags import max_differences
+  from benchmarks.bench_xla_flags import compare_outputs
   x = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
-  base, same, moved, nonfinite = (str(tmp_path / f"{n}.npz") for n in
-                                  ("base", "same", "moved", "nonfinite"))
-  np.savez(base, forward=x, gradient=2 * x)
-  np.savez(same, forward=x.copy(), gradient=2 * x)
+  base = _save(tmp_path / "base.npz", a=x, b=2 * x)
+  assert compare_outputs(base, _save(tmp_path / "same.npz", a=x.copy(), b=2 * x)) == {
+      "a": {"identical": True, "max_abs_diff": 0.0},
+      "b": {"identical": True, "max_abs_diff": 0.0}}
   y = x.copy()
   y[1, 2] += 0.25
-  np.savez(moved, forward=y, gradient=2 * x)
-  z = 2 * x
-  z[0, 0] = np.inf
-  np.savez(nonfinite, forward=x, gradient=z)
-  assert max_differences(base, same) == {"forward": 0.0, "gradient": 0.0}
-  moved_diff = max_differences(base, moved)
-  assert moved_diff["forward"] == pytest.approx(0.25) and moved_diff["gradient"] == 0.0
-  nonfinite_diff = max_differences(base, nonfinite)  # inf where the baseline is finite
-  assert nonfinite_diff["forward"] == 0.0 and np.isnan(nonfinite_diff["gradient"])
-  assert max_differences(str(tmp_path / "missing.npz"), same) is None
+  y[2, 0] -= 0.5  # the largest difference is a negative one
+  moved = compare_outputs(base, _save(tmp_path / "moved.npz", a=y, b=2 * x))
+  assert moved["a"] == {"identical": False, "max_abs_diff": pytest.approx(0.5)}
+  assert moved["b"] == {"identical": True, "max_abs_diff": 0.0}
+  # non-finite at the same entries: compared over the others; elsewhere: no difference given
+  xb, xo = x.copy(), x.copy()
+  xb[0, 0], xo[0, 0], xo[0, 1] = np.inf, -np.inf, xo[0, 1] + 0.125
+  base_inf = _save(tmp_path / "base_inf.npz", a=xb, b=x)
+  both = compare_outputs(base_inf, _save(tmp_path / "both.npz", a=xo, b=x))
+  assert both["a"] == {"identical": False, "max_abs_diff": pytest.approx(0.125)}
+  flipped = np.where(xb == np.inf, -np.inf, xb)
+  signs = compare_outputs(base_inf, _save(tmp_path / "signs.npz", a=flipped, b=x))
+  assert signs["a"] == {"identical": False, "max_abs_diff": 0.0}  # +inf against -inf: not equal
+  one_sided = compare_outputs(base, _save(tmp_path / "one_sided.npz", a=xb, b=2 * x))
+  assert one_sided["a"] == {"identical": False, "max_abs_diff": None}
+  reshaped = compare_outputs(base, _save(tmp_path / "reshaped.npz", a=x.reshape(4, 3), b=2 * x))
+  assert reshaped["a"] == {"identical": False, "max_abs_diff": None}
+  assert "no comparison" in compare_outputs(str(tmp_path / "missing.npz"), base)
+  assert compare_outputs(base, _save(tmp_path / "other.npz", a=x)).startswith("the outputs differ")
+
+
+def test_bench_xla_flags_pairs_each_round_with_its_own_baseline(tmp_path, monkeypatch, capsys):
+  """main() with the processes replaced: the order rotates, each flag is compared with its
+  own round's baseline, a failed baseline leaves its round without comparisons or ratios."""
+  import numpy as np
+  from benchmarks import bench_xla_flags
+  calls = []
+  x = np.arange(6, dtype=np.float32)
+
+  def fake_run_setting(args, flag, save):
+    name = flag or "baseline"
+    r = sum(1 for c in calls if c == name)  # this setting's round
+    calls.append(name)
+    if name == "baseline" and r == 2:
+      return None  # round 3's baseline fails
+    if name == "--b" and r == 1:
+      return None  # and round 2's flag b
+    shift = {"baseline": 0.0, "--a": 0.0, "--b": 0.25 * (r + 1)}[name]
+    _save(save, purified=x + 10 * r + shift, loss=x, input_gradient=-x)
+    return {"forward": {"baseline": 2.0, "--a": 1.0, "--b": 4.0}[name] * (r + 1),
+            "gradient": 3.0}
+
+  monkeypatch.setattr(bench_xla_flags, "run_setting", fake_run_setting)
+  report = tmp_path / "r.json"
+  assert bench_xla_flags.main(["--rounds", "3", "--flags=--a", "--flags=--b",
+                               "--json", str(report)]) == 0
+  assert calls == ["baseline", "--a", "--b", "--a", "--b", "baseline", "--b", "baseline", "--a"]
+  r = json.loads(report.read_text())
+  out = r["outputs_against_baseline"]
+  same = {"identical": True, "max_abs_diff": 0.0}
+  # round 1: a equals its baseline, b is 0.25 off; round 2 (baselines now 10 higher): a equals
+  # round 2's baseline (not round 1's), b failed; round 3: no baseline to compare with
+  assert out["--a"] == [{"purified": same, "loss": same, "input_gradient": same}] * 2 + [None]
+  assert out["--b"][0]["purified"] == {"identical": False, "max_abs_diff": 0.25}
+  assert out["--b"][0]["loss"] == same and out["--b"][1:] == [None, None]
+  # the baselines of later rounds against round 1's: 10 off, and failed
+  assert out["baseline"][0]["purified"] == {"identical": False, "max_abs_diff": 10.0}
+  assert out["baseline"][1:] == [None]
+  assert r["ratios"]["--a forward"]["pairs"] == 2
+  assert r["ratios"]["--a forward"]["median"] == pytest.approx(2.0)
+  assert r["ratios"]["--b forward"]["pairs"] == 1
+  assert r["ratios"]["--b forward"]["median"] == pytest.approx(0.5)
+  printed = capsys.readouterr().out
+  assert ("round 1 --b against round 1's baseline: purified max |diff| 2.5e-01, loss identical"
+          in printed)
+  assert "round 2 baseline against round 1's baseline: purified max |diff| 1.0e+01" in printed
 
 
 @pytest.mark.slow  # a benchmark script end to end (a minute on 2 cores)
@@ -254,6 +316,27 @@ def test_bench_conv_floor_lists_every_convolution_of_the_network(tmp_path, confi
   assert any(row["forward_ms"] > 0 for row in r["convolutions"])
   assert r["network"]["forward_ms"] > 0 and r["network"]["input_grad_ms"] > 0
   assert "network forward:" in out.stdout and "checkpointed exact-gradient" in out.stdout
+
+
+@pytest.mark.slow  # a benchmark script end to end, with PyTorch (a minute on 2 cores)
+def test_bench_conv_floor_gives_the_floors_at_pytorchs_speed(tmp_path):
+  pytest.importorskip("torch")
+  report = tmp_path / "floor.json"
+  out = _run("bench_conv_floor.py", "--quick", "--batch", "4", "--repeats", "1",
+             "--json", str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  for layout in ("nchw", "channels_last"):
+    timed = [row for row in r["convolutions"] if f"torch_{layout}_input_grad_ms" in row]
+    # the digits net has a PyTorch time for every convolution
+    assert r[f"convolutions_without_torch_{layout}_time"] == 0 and len(timed) == len(
+        r["convolutions"])
+    fwd = sum(row["count"] * row[f"torch_{layout}_forward_ms"] for row in timed)
+    grad = sum(row["count"] * row[f"torch_{layout}_input_grad_ms"] for row in timed)
+    assert fwd > 0 and grad > 0
+    assert r[f"checkpointed_gradient_floor_torch_{layout}_ms"] == pytest.approx(2 * fwd + grad)
+    assert r[f"autograd_floor_torch_{layout}_ms"] == pytest.approx(fwd + grad)
+  assert out.stdout.count("at these speeds: a checkpointed evaluation's convolutions") == 2
 
 
 def test_bench_conv_floor_refuses_a_bad_batch_in_one_line():
