@@ -24,8 +24,8 @@ A flag can be accepted and still change nothing: XLA leaves a program alone wher
 library does not take its operations. So each process also returns its outputs (the forward
 purification; the gradient's per-example loss and input gradient), and each flag's are
 compared with its round's baseline, output by output: "identical" (the same bytes), or the
-largest absolute difference over the entries finite in both, or "non-finite entries differ"
-(printed, and written to --json). Identical outputs suggest (they do not prove) that the flag
+largest absolute difference over the entries finite in both, or "shapes or non-finite entries
+differ" (printed, and written to --json). Identical outputs suggest (they do not prove) that the flag
 changed nothing; a difference means another library (or another fusion) computed them. The
 baselines of later rounds are compared with the first round's in the same way, which shows
 whether the program is deterministic at all.
@@ -179,7 +179,7 @@ def describe_comparison(c: dict | str) -> str:
   if isinstance(c, str):
     return c
   return ", ".join(
-      f"{k} " + ("identical" if v["identical"] else "non-finite entries differ"
+      f"{k} " + ("identical" if v["identical"] else "shapes or non-finite entries differ"
                  if v["max_abs_diff"] is None else f"max |diff| {v['max_abs_diff']:.1e}")
       for k, v in c.items())
 

@@ -217,7 +217,7 @@ def _save(path, **arrays):
 
 def test_bench_xla_flags_compares_a_flags_outputs_with_its_baselines(tmp_path):
   import numpy as np
-  from benchmarks.bench_xla_flags import compare_outputs
+  from benchmarks.bench_xla_flags import compare_outputs, describe_comparison
   x = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(3, 4)
   base = _save(tmp_path / "base.npz", a=x, b=2 * x)
   assert compare_outputs(base, _save(tmp_path / "same.npz", a=x.copy(), b=2 * x)) == {
@@ -242,6 +242,8 @@ def test_bench_xla_flags_compares_a_flags_outputs_with_its_baselines(tmp_path):
   assert one_sided["a"] == {"identical": False, "max_abs_diff": None}
   reshaped = compare_outputs(base, _save(tmp_path / "reshaped.npz", a=x.reshape(4, 3), b=2 * x))
   assert reshaped["a"] == {"identical": False, "max_abs_diff": None}
+  assert describe_comparison(one_sided) == "a shapes or non-finite entries differ, b identical"
+  assert describe_comparison(moved) == "a max |diff| 5.0e-01, b identical"
   assert "no comparison" in compare_outputs(str(tmp_path / "missing.npz"), base)
   assert compare_outputs(base, _save(tmp_path / "other.npz", a=x)).startswith("the outputs differ")
 
