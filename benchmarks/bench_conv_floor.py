@@ -275,16 +275,21 @@ def run(args) -> dict:
       print(f"PyTorch {layout} on the same convolutions: forward {sums[f_key]:.1f} ms, input "
             f"gradient {sums[g_key]:.1f} ms (asymmetric paddings have no input-gradient time)")
       # the same floors with PyTorch's kernels: what jaxpure's gradient would cost if XLA ran
-      # its convolutions as fast as PyTorch does on this machine. Convolutions PyTorch has no
-      # time for (see torch_conv_ms) are left out of these sums and counted in the line.
-      untimed = sum(r["count"] for r in rows if f"torch_{layout}_input_grad_ms" not in r)
-      report[f"checkpointed_gradient_floor_torch_{layout}_ms"] = 2 * sums[f_key] + sums[g_key]
-      report[f"autograd_floor_torch_{layout}_ms"] = sums[f_key] + sums[g_key]
+      # its convolutions as fast as PyTorch does on this machine. Over the convolutions with
+      # both PyTorch times; the others (see torch_conv_ms) are left out and counted.
+      both_keys = (f"torch_{layout}_forward_ms", f"torch_{layout}_input_grad_ms")
+      timed = [r for r in rows if all(k in r for k in both_keys)]
+      fwd = sum(r["count"] * r[both_keys[0]] for r in timed)
+      grad = sum(r["count"] * r[both_keys[1]] for r in timed)
+      untimed = sum(r["count"] for r in rows) - sum(r["count"] for r in timed)
+      report[f"checkpointed_gradient_floor_torch_{layout}_ms"] = 2 * fwd + grad
+      report[f"autograd_floor_torch_{layout}_ms"] = fwd + grad
       report[f"convolutions_without_torch_{layout}_time"] = untimed
       print(f"  at these speeds: a checkpointed evaluation's convolutions (2 x forward + input "
-            f"gradient) {2 * sums[f_key] + sums[g_key]:.1f} ms; without the recomputed forward "
-            f"(autograd's forward + backward) {sums[f_key] + sums[g_key]:.1f} ms"
-            + (f" ({untimed} convolution(s) without a PyTorch time left out)" if untimed else ""))
+            f"gradient) {2 * fwd + grad:.1f} ms; without the recomputed forward (autograd's "
+            f"forward + backward) {fwd + grad:.1f} ms"
+            + (f" ({untimed} convolution(s) without both PyTorch times left out)"
+               if untimed else ""))
   return report
 
 

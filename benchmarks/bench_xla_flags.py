@@ -24,11 +24,12 @@ A flag can be accepted and still change nothing: XLA leaves a program alone wher
 library does not take its operations. So each process also returns its outputs (the forward
 purification; the gradient's per-example loss and input gradient), and each flag's are
 compared with its round's baseline, output by output: "identical" (the same bytes), or the
-largest absolute difference over the entries finite in both, or "shapes or non-finite entries
-differ" (printed, and written to --json). Identical outputs suggest (they do not prove) that the flag
-changed nothing; a difference means another library (or another fusion) computed them. The
-baselines of later rounds are compared with the first round's in the same way, which shows
-whether the program is deterministic at all.
+largest absolute difference over the entries finite in both (where the non-finite entries are
+the same), or "shapes or non-finite entries differ" (printed, and written to --json).
+Identical outputs suggest (they do not prove) that the flag changed nothing; a difference
+means another library (or another fusion) computed them. The baselines of later rounds are
+compared in the same way with the first baseline that ran, which shows whether the program is
+deterministic at all.
 """
 
 import argparse
@@ -38,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -148,9 +150,9 @@ def run_setting(args, flag: str | None, save: str) -> dict | None:
 def compare_outputs(baseline: str, other: str) -> dict | str:
   """Two children's saved outputs (.npz), output by output: {name: {"identical": the same
   shape, dtype and bytes; "max_abs_diff": max |other - baseline| over the entries finite in
-  both, None where they are not finite at the same entries (or the shapes differ), and 0.0
-  for identical outputs}}. A string says why there is no comparison (a file missing or
-  unreadable, the outputs' names differ)."""
+  both, None where the shapes differ or the non-finite entries do (in place or value: +inf
+  against -inf or NaN), and 0.0 for identical outputs}}. A string says why there is no
+  comparison (a file missing, truncated or not an .npz; the outputs' names differ)."""
   import numpy as np
   try:
     with np.load(baseline) as b, np.load(other) as o:
@@ -164,13 +166,14 @@ def compare_outputs(baseline: str, other: str) -> dict | str:
         diff = None
         if identical:
           diff = 0.0
-        elif bk.shape == ok.shape and np.array_equal(np.isfinite(bk), np.isfinite(ok)):
+        elif (bk.shape == ok.shape and np.array_equal(np.isfinite(bk), np.isfinite(ok))
+              and np.array_equal(bk[~np.isfinite(bk)], ok[~np.isfinite(ok)], equal_nan=True)):
           finite = np.isfinite(bk)
           diff = float(np.max(np.abs(ok[finite].astype(np.float64)
                                      - bk[finite].astype(np.float64)), initial=0.0))
         out[k] = {"identical": identical, "max_abs_diff": diff}
       return out
-  except (OSError, ValueError, EOFError) as e:  # missing, truncated or not an .npz
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # missing, truncated, not .npz
     return f"no comparison: {e}"
 
 
@@ -199,8 +202,9 @@ def main(argv=None) -> int:
         f"{args.repeats} timed calls per process, {args.rounds} rounds")
   names = ["baseline"] + list(args.flags or DEFAULT_FLAGS)
   seconds = {n: [] for n in names}
-  # each flag's outputs against its round's baseline, round by round; the baseline's, from
-  # round 2 on, against round 1's. None where either process failed (compare_outputs)
+  # round by round, each flag's outputs against its round's baseline, and the baseline's
+  # against the first baseline that ran (None in that round and before). None where either
+  # process failed; see compare_outputs
   outputs = {n: [] for n in names}
   with tempfile.TemporaryDirectory() as tmp:
     saved = lambda r, i: os.path.join(tmp, f"round{r}_{i}.npz")  # noqa: E731
@@ -213,11 +217,11 @@ def main(argv=None) -> int:
         if t:
           print(f"round {r + 1} {n}: forward {t['forward']:.3f} s, "
                 f"gradient {t['gradient']:.3f} s", flush=True)
+      first = next((q for q, t in enumerate(seconds["baseline"]) if t), None)
       for i, n in enumerate(names):
-        if n == "baseline" and r == 0:
-          continue  # the reference of the baselines' own comparisons
-        ref = 0 if n == "baseline" else r  # the round of the baseline compared with
-        if not seconds[n][r] or not seconds["baseline"][ref]:
+        ref = first if n == "baseline" else r  # the round of the baseline compared with
+        if (ref is None or (n == "baseline" and r <= ref) or not seconds[n][r]
+            or not seconds["baseline"][ref]):
           outputs[n].append(None)
           continue
         c = compare_outputs(saved(ref, 0), saved(r, i))

@@ -206,7 +206,7 @@ def test_bench_xla_flags_times_each_setting_and_reports_an_unknown_flag(tmp_path
   assert all(v["max_abs_diff"] >= 0 and isinstance(v["identical"], bool) for v in onednn.values())
   assert "--xla_cpu_use_onednn=true against round 1's baseline: purified " in out.stdout
   assert r["outputs_against_baseline"]["--xla_cpu_no_such_flag=1"] == [None]
-  assert r["outputs_against_baseline"]["baseline"] == []  # one round: nothing to compare with
+  assert r["outputs_against_baseline"]["baseline"] == [None]  # one round: nothing to compare
 
 
 def _save(path, **arrays):
@@ -229,22 +229,29 @@ def test_bench_xla_flags_compares_a_flags_outputs_with_its_baselines(tmp_path):
   moved = compare_outputs(base, _save(tmp_path / "moved.npz", a=y, b=2 * x))
   assert moved["a"] == {"identical": False, "max_abs_diff": pytest.approx(0.5)}
   assert moved["b"] == {"identical": True, "max_abs_diff": 0.0}
-  # non-finite at the same entries: compared over the others; elsewhere: no difference given
+  # the same non-finite entries: compared over the others; otherwise no difference given
   xb, xo = x.copy(), x.copy()
-  xb[0, 0], xo[0, 0], xo[0, 1] = np.inf, -np.inf, xo[0, 1] + 0.125
+  xb[0, 0], xo[0, 0], xo[0, 1] = np.inf, np.inf, xo[0, 1] + 0.125
   base_inf = _save(tmp_path / "base_inf.npz", a=xb, b=x)
   both = compare_outputs(base_inf, _save(tmp_path / "both.npz", a=xo, b=x))
   assert both["a"] == {"identical": False, "max_abs_diff": pytest.approx(0.125)}
   flipped = np.where(xb == np.inf, -np.inf, xb)
   signs = compare_outputs(base_inf, _save(tmp_path / "signs.npz", a=flipped, b=x))
-  assert signs["a"] == {"identical": False, "max_abs_diff": 0.0}  # +inf against -inf: not equal
+  assert signs["a"] == {"identical": False, "max_abs_diff": None}  # +inf against -inf
   one_sided = compare_outputs(base, _save(tmp_path / "one_sided.npz", a=xb, b=2 * x))
   assert one_sided["a"] == {"identical": False, "max_abs_diff": None}
   reshaped = compare_outputs(base, _save(tmp_path / "reshaped.npz", a=x.reshape(4, 3), b=2 * x))
   assert reshaped["a"] == {"identical": False, "max_abs_diff": None}
   assert describe_comparison(one_sided) == "a shapes or non-finite entries differ, b identical"
   assert describe_comparison(moved) == "a max |diff| 5.0e-01, b identical"
+  # the same values in another dtype: not identical, no difference
+  np.savez(tmp_path / "wider.npz", a=x.astype(np.float64), b=2 * x)
+  wider = compare_outputs(base, str(tmp_path / "wider.npz"))
+  assert wider["a"] == {"identical": False, "max_abs_diff": 0.0} and wider["b"]["identical"]
   assert "no comparison" in compare_outputs(str(tmp_path / "missing.npz"), base)
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes((tmp_path / "same.npz").read_bytes()[:-10])
+  assert compare_outputs(base, str(truncated)).startswith("no comparison")
   assert compare_outputs(base, _save(tmp_path / "other.npz", a=x)).startswith("the outputs differ")
 
 
@@ -283,8 +290,8 @@ def test_bench_xla_flags_pairs_each_round_with_its_own_baseline(tmp_path, monkey
   assert out["--b"][0]["purified"] == {"identical": False, "max_abs_diff": 0.25}
   assert out["--b"][0]["loss"] == same and out["--b"][1:] == [None, None]
   # the baselines of later rounds against round 1's: 10 off, and failed
-  assert out["baseline"][0]["purified"] == {"identical": False, "max_abs_diff": 10.0}
-  assert out["baseline"][1:] == [None]
+  assert out["baseline"][0] is None and out["baseline"][2] is None
+  assert out["baseline"][1]["purified"] == {"identical": False, "max_abs_diff": 10.0}
   assert r["ratios"]["--a forward"]["pairs"] == 2
   assert r["ratios"]["--a forward"]["median"] == pytest.approx(2.0)
   assert r["ratios"]["--b forward"]["pairs"] == 1
@@ -293,6 +300,28 @@ def test_bench_xla_flags_pairs_each_round_with_its_own_baseline(tmp_path, monkey
   assert ("round 1 --b against round 1's baseline: purified max |diff| 2.5e-01, loss identical"
           in printed)
   assert "round 2 baseline against round 1's baseline: purified max |diff| 1.0e+01" in printed
+
+
+def test_bench_xla_flags_checks_later_baselines_against_the_first_that_ran(tmp_path, monkeypatch):
+  import numpy as np
+  from benchmarks import bench_xla_flags
+  calls = []
+
+  def fake_run_setting(args, flag, save):
+    name = flag or "baseline"
+    calls.append(name)
+    if name == "baseline" and calls.count(name) == 1:
+      return None  # round 1's baseline fails
+    _save(save, purified=np.ones(3), loss=np.zeros(2), input_gradient=np.ones(3))
+    return {"forward": 1.0, "gradient": 1.0}
+
+  monkeypatch.setattr(bench_xla_flags, "run_setting", fake_run_setting)
+  report = tmp_path / "r.json"
+  assert bench_xla_flags.main(["--rounds", "3", "--flags=--a", "--json", str(report)]) == 0
+  out = json.loads(report.read_text())["outputs_against_baseline"]
+  same = {"identical": True, "max_abs_diff": 0.0}
+  assert out["baseline"] == [None, None, {"purified": same, "loss": same, "input_gradient": same}]
+  assert out["--a"][0] is None and out["--a"][1]["loss"] == same and out["--a"][2]["loss"] == same
 
 
 @pytest.mark.slow  # a benchmark script end to end (a minute on 2 cores)
