@@ -249,8 +249,8 @@ def run(args) -> dict:
           for l in ("nchw", "channels_last"))
     print(line)
 
-  def total(key):
-    return sum(r["count"] * r[key] for r in rows if key in r)
+  def total(key, among=rows):
+    return sum(r["count"] * r[key] for r in among if key in r)
 
   sums = {"conv_forward_ms": total("forward_ms"), "conv_input_grad_ms": total("input_grad_ms")}
   if torch_ok:
@@ -279,15 +279,14 @@ def run(args) -> dict:
       # both PyTorch times; the others (see torch_conv_ms) are left out and counted.
       both_keys = (f"torch_{layout}_forward_ms", f"torch_{layout}_input_grad_ms")
       timed = [r for r in rows if all(k in r for k in both_keys)]
-      fwd = sum(r["count"] * r[both_keys[0]] for r in timed)
-      grad = sum(r["count"] * r[both_keys[1]] for r in timed)
+      torch_fwd, torch_grad = (total(k, timed) for k in both_keys)
       untimed = sum(r["count"] for r in rows) - sum(r["count"] for r in timed)
-      report[f"checkpointed_gradient_floor_torch_{layout}_ms"] = 2 * fwd + grad
-      report[f"autograd_floor_torch_{layout}_ms"] = fwd + grad
+      report[f"checkpointed_gradient_floor_torch_{layout}_ms"] = 2 * torch_fwd + torch_grad
+      report[f"autograd_floor_torch_{layout}_ms"] = torch_fwd + torch_grad
       report[f"convolutions_without_torch_{layout}_time"] = untimed
       print(f"  at these speeds: a checkpointed evaluation's convolutions (2 x forward + input "
-            f"gradient) {2 * fwd + grad:.1f} ms; without the recomputed forward (autograd's "
-            f"forward + backward) {fwd + grad:.1f} ms"
+            f"gradient) {2 * torch_fwd + torch_grad:.1f} ms; without the recomputed forward "
+            f"(autograd's forward + backward) {torch_fwd + torch_grad:.1f} ms"
             + (f" ({untimed} convolution(s) without both PyTorch times left out)"
                if untimed else ""))
   return report
