@@ -266,7 +266,7 @@ def test_apgd_warm_restart_starts_from_the_given_point():
                             np.asarray(start))
 
 
-def test_apgd_halving_points_follow_the_paper():
+def test_apgd_halving_points_follow_autoattack():
   assert apgd_lib.halving_points(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
 
 

@@ -83,20 +83,23 @@ def _norms(v: jax.Array) -> jax.Array:
 
 
 def project(x_adv: jax.Array, x: jax.Array, norm: str, eps: float) -> jax.Array:
-  """Projects x_adv onto the eps-ball around x (per example), then onto [0, 1]."""
+  """Projects x_adv onto the eps-ball around x (per example), then onto [0, 1]. The l_2
+  projection is AutoAttack's, delta / (||delta|| + 1e-12) * min(eps, ||delta||)."""
   delta = x_adv - x
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)
   else:
-    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_norms(delta), 1e-12))
+    n = _norms(delta)
+    delta = delta / (n + 1e-12) * jnp.minimum(eps, n)
   return jnp.clip(x + delta, 0.0, 1.0)  # box clipping only shrinks |delta|: still in the ball
 
 
 def ascent_direction(g: jax.Array, norm: str) -> jax.Array:
-  """Steepest-ascent direction of unit norm: sign(g) for l_inf, g / ||g||_2 for l_2."""
+  """Steepest-ascent direction of unit norm: sign(g) for l_inf, g / (||g||_2 + 1e-12) for l_2
+  (AutoAttack's normalisation)."""
   if norm == "linf":
     return jnp.sign(g)
-  return g / jnp.maximum(_norms(g), 1e-12)
+  return g / (_norms(g) + 1e-12)
 
 
 def random_start(keys: jax.Array, x: jax.Array, norm: str, eps: float) -> jax.Array:
