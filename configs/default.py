@@ -130,6 +130,19 @@ def get_config():
   # 0 examples: none. A fixed-step-size attack (its trajectory gives the iteration curve).
   ev.budget_attack = "pgd_eot_full"
   ev.budget_examples = 64
+  # The attack budget: "auto" searches it before the evaluation (the budget attack's steps,
+  # then its EOT samples, doubled from the configured ones until a one-sided paired sign test
+  # at budget_level says the last doubling broke no more examples, or the next one would pass
+  # max_gradients_per_image gradient samples per image; then every exact-gradient attack runs
+  # at the chosen budget), on budget_examples examples from budget_first_example (-1: right
+  # after the reported ones); "fixed": the configured budgets as they are.
+  ev.budget = "auto"
+  ev.budget_first_example = -1
+  ev.max_gradients_per_image = 8000
+  ev.budget_level = 0.05
+  # Resubmission robustness (DESIGN §5): the unbiased estimate for M submissions from the N
+  # scoring runs (0: M = N).
+  ev.resubmissions = 0
   ev.grid_examples = 8
   ev.grid_restarts = 3
 

@@ -50,6 +50,9 @@ def get_config():
   # Every attacked point is scored by 5 independent runs of the defense (R = 10 each): the
   # report gives the mean over runs, the all-runs worst case and the majority vote.
   config.eval.scoring_runs = 5
+  # The automatic budget search (configs/default.py) may go up to 4x the configured
+  # exact-gradient budget (120 gradient samples per image, below).
+  config.eval.max_gradients_per_image = 480
 
   # Attacks. eps = 0.2 (l_inf, [0, 1] pixels): on 8x8 digits with 17 grey levels an
   # undefended small CNN falls to ~0% at this radius under 40-step PGD (at 8/255 it barely

@@ -54,6 +54,15 @@ def _check_eval(ev) -> None:
   if ev.budget_examples < 0:
     raise ConfigError(f"config.eval.budget_examples={ev.budget_examples}; expected >= 0 "
                       "(0: no budget curves)")
+  if ev.budget not in ("auto", "fixed"):
+    raise ConfigError(f"config.eval.budget={ev.budget!r}; expected 'auto' or 'fixed'")
+  if ev.max_gradients_per_image < 1 or ev.budget_first_example < -1 or ev.resubmissions < 0:
+    raise ConfigError(f"config.eval: max_gradients_per_image={ev.max_gradients_per_image}, "
+                      f"budget_first_example={ev.budget_first_example}, resubmissions="
+                      f"{ev.resubmissions}; expected >= 1, >= -1 (-1: after the reported "
+                      "examples), >= 0")
+  if not 0 < ev.budget_level < 1:
+    raise ConfigError(f"config.eval.budget_level={ev.budget_level}; expected in (0, 1)")
   pgd_type = [n for n in attacks.ATTACKS if n != "apgd_eot" and not attacks.SPECS[n].blind]
   if ev.budget_examples and ev.budget_attack not in pgd_type:
     raise ConfigError(f"config.eval.budget_attack={ev.budget_attack!r}; expected one of "

@@ -203,6 +203,46 @@ def _tiny_config():
   return config
 
 
+@pytest.mark.slow  # a search and two evaluations with exact-gradient attacks
+def test_automatic_budget_is_searched_on_other_examples_and_sets_the_exact_attacks(
+    trained_workdir, tmp_path):
+  """config.eval.budget = "auto": the search runs on the examples after the reported ones,
+  its every comparison is in the report, the exact-gradient attacks run at the chosen budget
+  (APGD one step fewer: its start is a gradient too), and one line says whether it converged.
+  "fixed" keeps the configured budgets and says that convergence was not checked."""
+  from jaxpure.jobs import evaluation
+  from jaxpure.jobs.evaluation import budget
+  workdir, _ = trained_workdir
+  config = _tiny_config()
+  config.eval.update(budget="auto", budget_examples=16, max_gradients_per_image=16)
+  lines = []
+  report = evaluation.evaluate(config, str(workdir), ["pgd_eot_full", "apgd_eot"], 8,
+                               print_fn=lines.append, output_dir=str(tmp_path / "auto"))
+  search = report["budget_search"]
+  assert search["examples"] == {"first": 8, "count": 16}
+  assert report["budget_status"] == search["status"] in (budget.CONVERGED, budget.CAP_REACHED)
+  chosen = search["chosen"]
+  assert chosen["gradients_per_image"] <= 16 and search["points"]
+  first = search["points"][0]
+  assert (first["from"]["num_steps"], first["from"]["n_eot"], first["to"]["num_steps"]) == (
+      2, 2, 4)  # from the configured budget (smoke: 2 steps x EOT 2)
+  for row in search["points"]:
+    assert 0 <= row["p_value"] <= 1 and row["still_helps"] == (row["p_value"] < 0.05)
+  settings = report["attacks"]
+  assert (settings["pgd_eot_full"]["settings"]["num_steps"],
+          settings["pgd_eot_full"]["settings"]["n_eot"]) == (chosen["num_steps"],
+                                                             chosen["n_eot"])
+  assert settings["apgd_eot"]["settings"]["num_steps"] == chosen["num_steps"] - 1
+  assert sum(l.startswith("[eval] budget ") for l in lines) == 2  # after the search, at the end
+  assert any(f"budget {search['status']} at" in l for l in lines)
+  config.eval.budget = "fixed"
+  fixed = evaluation.evaluate(config, str(workdir), ["pgd_eot_full"], 8, print_fn=lines.append,
+                              output_dir=str(tmp_path / "fixed"))
+  assert fixed["budget_search"] is None and fixed["budget_status"] == "fixed"
+  assert fixed["attacks"]["pgd_eot_full"]["settings"]["num_steps"] == 2
+  assert "convergence not checked" in lines[-1]
+
+
 @pytest.mark.slow  # four attacks and a sweep: the heaviest default test (CI runs it with -m slow)
 def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
   import shutil

@@ -45,6 +45,7 @@ def _config(**section):
   config.defense.purifier = "noise_only"
   config.purifiers.noise_only = ml_collections.ConfigDict(dict(dict(sigma_n=0.25), **section))
   config.eval.budget_examples = 64  # (smoke turns them off) the budget curves end to end
+  config.eval.budget = "fixed"  # at the configured budget (the automatic one: test_cli)
   return config
 
 

@@ -133,22 +133,27 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
   assert not np.array_equal(np.asarray(curves["steps_correct"][0]), np.asarray(whole))
 
 
-def _curve(accuracies, n=64):
-  budgets = [5, 10, 20, 40][-len(accuracies):]
-  correct = np.zeros((len(accuracies), 1, n), bool)
-  for i, a in enumerate(accuracies):
-    correct[i, 0, :round(a * n)] = True
-  return report.budget_curve(budgets, correct, "num_steps")
+def _correct(accuracies, n=64):
+  """correct [K, 1, n] of nested curves: the examples right at a larger budget are a subset
+  of those right at a smaller one (a stronger attack breaks what a weaker one broke)."""
+  return np.stack([np.arange(n) < round(a * n) for a in accuracies])[:, None]
 
 
-def test_not_converged_fires_on_a_falling_curve_and_not_on_a_flat_one():
-  falling = _curve([0.6, 0.45, 0.35, 0.25])  # still drops 0.10 > s.e. ~0.054 at the end
-  why = report.not_converged(falling, "num_steps")
-  assert why and "20 to 40" in why
-  assert report.not_converged(_curve([0.6, 0.3, 0.25, 0.25]), "num_steps") is None
-  # a drop within one standard error is noise, not a sign of an unconverged attack
-  assert report.not_converged(_curve([0.5, 0.3, 0.28, 0.25]), "num_steps") is None
-  assert report.not_converged(_curve([0.25]), "num_steps") is None
+def test_not_converged_is_the_paired_test_of_the_last_doubling():
+  budgets = (5, 10, 20, 40)
+  test, why = report.not_converged(budgets, _correct([0.6, 0.45, 0.35, 0.25]), "num_steps")
+  assert why and "20 to 40" in why and test["broken_more"] == 6 and test["broken_fewer"] == 0
+  assert test["p_value"] == pytest.approx(1 / 64)
+  assert report.not_converged(budgets, _correct([0.6, 0.3, 0.25, 0.25]), "num_steps")[1] is None
+  # 4 examples broken more (p = 1/16): not significant at 0.05, significant at 0.1
+  small = _correct([0.5, 0.3125, 0.3125, 0.25])
+  assert report.not_converged(budgets, small, "num_steps")[1] is None
+  assert report.not_converged(budgets, small, "num_steps", level=0.1)[1] is not None
+  # 6 broken more and 6 repaired (other examples): no evidence that the doubling helps
+  mixed = _correct([0.5, 0.4])
+  mixed[1, 0, 40:46] = True
+  assert report.not_converged((20, 40), mixed, "num_steps")[1] is None
+  assert report.not_converged((40,), _correct([0.25]), "num_steps") == (None, None)
 
 
 def test_an_unconverged_budget_curve_makes_the_report_suspect():

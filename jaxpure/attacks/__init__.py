@@ -48,11 +48,13 @@ class AttackSpec:
   "an attack beats the exact-gradient ones" check); blind: ignores the purifier, so it is also
   the undefended baseline (its points are scored on the bare classifier too);
   through_purifier: differentiates a purification (the defense's or a surrogate's), so the
-  deviation loss and EOT chunking apply."""
+  deviation loss and EOT chunking apply; start_gradient: evaluates the gradient at its start
+  point too (APGD), so num_steps + 1 gradients per run."""
   name: str
   exact_gradient: bool = False
   blind: bool = False
   through_purifier: bool = False
+  start_gradient: bool = False
 
 
 SPECS = {s.name: s for s in (
@@ -60,7 +62,7 @@ SPECS = {s.name: s for s in (
     AttackSpec("bpda_eot"),
     AttackSpec("bpda_eot_adp"),
     AttackSpec("pgd_eot_full", exact_gradient=True, through_purifier=True),
-    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True),
+    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True, start_gradient=True),
     # exact gradient of a shorter purification (settings.surrogate_steps): not the defense's
     AttackSpec("pgd_eot_surrogate", through_purifier=True),
 )}
@@ -122,6 +124,15 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
     choice = candidates * restarts if candidates > 1 else 0  # one candidate: no choice
     return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
   return s.num_steps * per_gradient
+
+
+def with_gradient_budget(name: str, s: AttackSettings, num_steps: int,
+                         n_eot: int) -> AttackSettings:
+  """Attack `name`'s settings spending the gradient samples per image (per run) of num_steps
+  PGD steps at n_eot EOT samples: an attack that also evaluates its start point (APGD) takes
+  one step fewer."""
+  steps = num_steps - (1 if SPECS[name].start_gradient else 0)
+  return dataclasses.replace(s, num_steps=max(steps, 1), n_eot=n_eot)
 
 
 def dynamic_settings(name: str) -> tuple[str, ...]:
@@ -227,4 +238,5 @@ def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):
 
 __all__ = ["ATTACKS", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
            "SPECS", "AttackSettings", "AttackSpec", "attack_function", "attack_trajectory",
-           "dynamic_settings", "make_attack", "project", "purifications", "select_candidate"]
+           "dynamic_settings", "make_attack", "project", "purifications", "select_candidate",
+           "with_gradient_budget"]

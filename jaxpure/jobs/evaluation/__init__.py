@@ -19,7 +19,8 @@ from jaxpure import config_checks
 from jaxpure.defense import READOUTS, Defense
 from jaxpure.errors import ConfigError, WorkdirError
 from jaxpure.jobs import loading
-from jaxpure.jobs.evaluation import pictures, report as report_lib, store as store_lib
+from jaxpure.jobs.evaluation import budget as budget_lib, pictures, report as report_lib
+from jaxpure.jobs.evaluation import store as store_lib
 from jaxpure.jobs.evaluation import units as units_lib
 from jaxpure.jobs.evaluation.units import concat
 
@@ -75,6 +76,31 @@ def _cost(defense: Defense) -> dict:
   return {"network_evaluations_per_purification": per,
           "network_evaluations_per_prediction": per * defense.restarts if per is not None
           else None}
+
+
+def _search_budget(config, defense: Defense, a_settings: dict, attack_names, runner, n_split,
+                   attack_key, eval_key) -> dict | None:
+  """With config.eval.budget == "auto" and an exact-gradient attack among attack_names: the
+  budget search (`budget.run_search`) of config.eval.budget_attack from its configured budget,
+  on the budget subset (a Runner like `runner` over those examples); else None."""
+  ev = config.eval
+  if ev.budget != "auto" or not ev.budget_examples or not any(
+      attacks_lib.SPECS[name].exact_gradient for name in attack_names):
+    return None
+  name = ev.budget_attack
+  s = a_settings.get(name) or attack_settings(config, name)
+  first, count = budget_lib.subset(runner.first, runner.n, n_split, ev.budget_first_example,
+                                   ev.budget_examples)
+  sub = units_lib.Runner(runner.params, runner.test_split, count, runner.mesh, runner.store,
+                         dict(runner.shared, num_examples=count, first_example=first),
+                         print_fn=runner.print_fn, after_batch=runner.after_batch,
+                         is_writer=runner.is_writer, first=first)
+  record = budget_lib.run_search(name, s, defense, sub, attack_key, eval_key,
+                                 config.attack.batch_size, config.attack.seed, ev.scoring_runs,
+                                 ev.max_gradients_per_image, ev.budget_level)
+  runner.timings.update({f"{unit} (budget subset)": t for unit, t in sub.timings.items()})
+  runner.print_fn(f"[eval] {budget_lib.summary(record)}")
+  return record
 
 
 def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
@@ -135,8 +161,17 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                             shared, print_fn=print_fn, after_batch=after_batch,
                             is_writer=is_writer, first=first)
 
-  # ---- the units: clean and defended accuracy (with the per-step trace), attacks, sweep
   scoring_runs = config.eval.scoring_runs
+  budget_name = config.eval.budget_attack
+  searched = _search_budget(config, defense, a_settings, attack_names, runner, n_split,
+                            attack_key, eval_key)
+  if searched is not None:
+    for name in a_settings:
+      if attacks_lib.SPECS[name].exact_gradient:
+        a_settings[name] = attacks_lib.with_gradient_budget(
+            name, a_settings[name], searched["chosen"]["num_steps"], searched["chosen"]["n_eot"])
+
+  # ---- the units: clean and defended accuracy (with the per-step trace), attacks, sweep
   clean_unit = units_lib.clean_unit(defense, eval_key, config.eval.batch_size)
 
   def attack_unit(unit, name, s, sweep_index=None):
@@ -149,7 +184,6 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                                           sweep_settings(config, name, eps), i))
                         for i, eps in enumerate(sweep_eps)]
                  for name in ((sweep_attack, baseline) if sweep_eps else ())}
-  budget_name = config.eval.budget_attack
   budget_unit = (units_lib.budget_unit(
       budget_name, a_settings[budget_name], defense, attack_key, eval_key,
       config.attack.batch_size, config.attack.seed, config.eval.budget_examples, scoring_runs)
@@ -184,7 +218,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
 
   # ---- report
   robust = {name: float(attacked[name]["defended"].mean()) for name in attack_names}
-  scoring = {name: report_lib.run_scores(attacked[name]["runs"]) for name in attack_names}
+  scoring = {name: report_lib.run_scores(attacked[name]["runs"], config.eval.resubmissions)
+             for name in attack_names}
   worst = report_lib.worst_case({name: attacked[name]["runs"] for name in attack_names})
   report = {
       "dataset": config.data.name, "num_examples": count, "first_example": first,
@@ -209,6 +244,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                          "max_distance": float(attacked[name]["distance"].max()),
                          "seconds": runner.timings[name]["seconds"]}
                   for name, s in a_settings.items()},
+      "budget_search": searched,
+      "budget_status": searched["status"] if searched else "fixed",
       "budget_curves": budget,
       "eps_sweep": {name: [{"eps": eps, "defended_accuracy": float(r["defended"].mean()),
                             "bare_accuracy": float(r["bare"].mean())} for eps, r in rows]
@@ -230,6 +267,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
   settings_hash = store_lib.signature_hash(
       {"shared": shared, "attacks": {k: dataclasses.asdict(s) for k, s in a_settings.items()},
        "sweep": sweep_eps, "attack_seed": config.attack.seed,
+       **({"budget_search": searched["examples"]} if searched else {}),
        **({"budget": budget_unit.signature} if budget_unit else {})})
   path = os.path.join(out_dir, "report.json")
   if is_writer:
@@ -237,6 +275,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                        step_values, step_mask, attacked)
     path = report_lib.write(out_dir, report, settings_hash)
   print_fn(report_lib.summary_line(path, report, attack_names))
+  if any(attacks_lib.SPECS[name].exact_gradient for name in attack_names):
+    print_fn(f"[eval] {budget_lib.summary(searched)}")
   for reason in report["suspect_reasons"]:
     print_fn(f"[eval] SUSPECT: {reason}")
   return report

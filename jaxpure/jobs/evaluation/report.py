@@ -8,26 +8,30 @@ import os
 
 import numpy as np
 
-from jaxpure import attacks as attacks_lib
+from jaxpure import attacks as attacks_lib, statistics
 
 
 def standard_error(p: float, n: int) -> float:
   return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
-def run_scores(runs: np.ndarray) -> dict:
+def run_scores(runs: np.ndarray, resubmissions: int = 0) -> dict:
   """Scores of one attack's points over N independent runs of the defense, runs [N, n] bool:
   the mean accuracy over runs (the headline; N = 1 is the single scoring), the worst case
   (an example counts as robust only if every run is right: an attacker may resubmit) and the
-  majority vote over runs (ties count as wrong), each with its standard error over examples."""
+  majority vote over runs (ties count as wrong), each with its standard error over examples;
+  and the unbiased estimate of robustness to M = min(resubmissions, N) submissions
+  (`statistics.resubmission_robustness`; resubmissions 0: M = N)."""
   n_runs, n = runs.shape
   per_example = runs.mean(0)
   out = {}
   for name, values in (("mean", per_example), ("all_runs", runs.all(0).astype(float)),
                        ("majority_vote", (per_example > 0.5).astype(float))):
-    p = float(values.mean())
-    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    out[name] = {"accuracy": p, "standard_error": se}
+    out[name] = {"accuracy": float(values.mean()),
+                 "standard_error": statistics.standard_error_over_examples(values)}
+  m = min(resubmissions or n_runs, n_runs)
+  out["resubmission"] = {"submissions": m,
+                         "accuracy": statistics.resubmission_robustness(runs, m)}
   out["runs"] = n_runs
   return out
 
@@ -46,7 +50,7 @@ def worst_case(runs_by_attack: dict) -> dict:
   broken = stacked.mean(1) < 0.5  # [A, n]: the attack's point is wrong in most runs
   names = list(runs_by_attack)
   return {"accuracy": float(per_example.mean()),
-          "standard_error": float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+          "standard_error": statistics.standard_error_over_examples(per_example),
           "broken_by": {a: int(broken[i].sum()) for i, a in enumerate(names)},
           "broken_only_by": {a: int((broken[i] & (broken.sum(0) == 1)).sum())
                              for i, a in enumerate(names)}}
@@ -58,38 +62,42 @@ def budget_curve(budgets, correct: np.ndarray, key: str) -> list[dict]:
   rows = []
   for b, c in zip(budgets, correct):
     per_example = c.mean(0)
-    n = per_example.shape[0]
     rows.append({key: int(b), "accuracy": float(per_example.mean()),
-                 "standard_error": float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1
-                 else 0.0})
+                 "standard_error": statistics.standard_error_over_examples(per_example)})
   return rows
 
 
-def not_converged(rows: list[dict], key: str) -> str | None:
-  """Why a budget curve has not converged, or None: robust accuracy still falls by more than
-  one standard error (of the larger budget's accuracy) over the last doubling of the budget
-  (from the last row's budget halved, rounded down, to the last row's)."""
-  if len(rows) < 2:
-    return None
-  before, last = rows[-2], rows[-1]
-  drop = before["accuracy"] - last["accuracy"]
-  if drop > last["standard_error"]:
-    return (f"accuracy falls from {before['accuracy']:.3f} to {last['accuracy']:.3f} "
-            f"(more than one standard error, {last['standard_error']:.3f}) from {key} "
-            f"{before[key]} to {last[key]}")
-  return None
+def not_converged(budgets, correct: np.ndarray, key: str,
+                  level: float = statistics.DEFAULT_LEVEL) -> tuple[dict | None, str | None]:
+  """The paired test of a budget curve's last doubling (`statistics.paired_budget_test` on
+  the last two budgets' correct [runs, n], the same examples and scoring runs) and why the
+  curve has not converged, or None: the larger budget still breaks significantly more
+  examples. correct: [K, runs, n] bool, one entry per budget."""
+  if len(budgets) < 2:
+    return None, None
+  test = statistics.paired_budget_test(correct[-2], correct[-1], level)
+  if not test["still_helps"]:
+    return test, None
+  return test, (f"from {key} {budgets[-2]} to {budgets[-1]} {test['broken_more']} examples "
+                f"were broken more and {test['broken_fewer']} less (one-sided paired sign test "
+                f"p = {test['p_value']:.3g} < {level})")
 
 
 def budget_report(name: str, settings, steps, eots, steps_correct: np.ndarray,
-                  eot_correct: np.ndarray) -> dict:
-  """The budget curves of attack `name` (`units.budget_unit`) with their convergence check."""
-  curves = {"num_steps": budget_curve(steps, steps_correct, "num_steps"),
-            "n_eot": budget_curve(eots, eot_correct, "n_eot")}
-  reasons = [f"{name} against {key}: {why}" for key, rows in curves.items()
-             if (why := not_converged(rows, key))]
+                  eot_correct: np.ndarray, level: float = statistics.DEFAULT_LEVEL) -> dict:
+  """The budget curves of attack `name` (`units.budget_unit`) with their convergence check
+  (the paired test of each curve's last doubling, `not_converged`)."""
+  curves, tests, reasons = {}, {}, []
+  for key, budgets, correct in (("num_steps", steps, steps_correct),
+                                ("n_eot", eots, eot_correct)):
+    curves[key] = budget_curve(budgets, correct, key)
+    tests[key], why = not_converged(budgets, correct, key, level)
+    if why:
+      reasons.append(f"{name} against {key}: {why}")
   return {"attack": name, "num_examples": int(steps_correct.shape[-1]),
           "settings": {"num_steps": settings.num_steps, "n_eot": settings.n_eot},
           "by_num_steps": curves["num_steps"], "by_n_eot": curves["n_eot"],
+          "last_doubling_tests": tests,
           "converged": not reasons, "not_converged_reasons": reasons}
 
 
