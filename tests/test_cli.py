@@ -243,6 +243,25 @@ def test_automatic_budget_is_searched_on_other_examples_and_sets_the_exact_attac
   assert "convergence not checked" in lines[-1]
 
 
+def _assert_worst_case_is_the_stored_runs(report, eval_dir, attacks):
+  """The report's worst case over attacks against a NumPy union of each attack's stored
+  scoring runs (defended_correct [runs, batch] per stored batch)."""
+  import numpy as np
+  runs = {}
+  for name in attacks:
+    (unit_dir,) = (eval_dir / "batches" / name).iterdir()  # one set of settings
+    batches = sorted(unit_dir.glob("*.npz"))
+    runs[name] = np.concatenate([np.load(p)["defended_correct"] for p in batches], axis=-1)
+    assert runs[name].shape[-1] == report["num_examples"]
+    assert report["robust_accuracy"][name] == pytest.approx(runs[name].mean(), abs=1e-12)
+  per_example = np.logical_and.reduce(list(runs.values())).mean(0)  # right against all, per run
+  assert report["robust_accuracy_worst_case"] == pytest.approx(per_example.mean(), abs=1e-12)
+  assert report["robust_accuracy_worst_case_standard_error"] == pytest.approx(
+      per_example.std(ddof=1) / np.sqrt(per_example.size), abs=1e-12)
+  assert report["worst_case"]["broken_by"] == {
+      name: int((r.mean(0) < 0.5).sum()) for name, r in runs.items()}
+
+
 @pytest.mark.slow  # four attacks and a sweep: the heaviest default test (CI runs it with -m slow)
 def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
   import shutil
@@ -253,6 +272,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_
   quiet = lambda s: None
   full = evaluation.evaluate(config, str(workdir), attacks, 20, sweep=True, print_fn=quiet)
   assert set(full["robust_accuracy"]) == set(attacks)
+  _assert_worst_case_is_the_stored_runs(full, workdir / "eval", attacks)
   assert len(full["eps_sweep"]["pgd_eot_full"]) == 1
   for png in ("adversarial.png", "eps_sweep.png"):
     assert (workdir / "eval" / png).exists()

@@ -205,22 +205,40 @@ def test_gd_follows_its_formula():
   np.testing.assert_allclose(np.asarray(tr["alpha"]), 0.05)
 
 
+def _langevin_noise(keys, r, restarts, t, shape, dtype):
+  """The standard normal draw of step t, restart r, for every example [B, ...], rebuilt from
+  the per-example keys [B] by hand: restart key = split(key, R)[r]; the chain splits it in two
+  (randomising, steps); step t draws from fold_in(steps key, t)."""
+  out = []
+  for k in keys:
+    restart = jax.random.split(k, restarts)[r]
+    step_key = jax.random.split(restart)[1]
+    out.append(np.asarray(jax.random.normal(jax.random.fold_in(step_key, t), shape, dtype)))
+  return np.stack(out).astype(np.float64)
+
+
 def test_langevin_follows_its_formula():
-  params = _params(np.float32)
-  x = jnp.full((32, 4, 4, 1), 0.5)
-  s = S(method="langevin", step_size=1e-3, sigma_p=0.25, sigma_n=0.05,
-                       restarts=2, max_iter=3)
-  out1, tr = purify(h_jax, params, x, _keys(32), s, return_trace=True)
-  out2 = purify(h_jax, params, x, _keys(32), s)
+  # x_{t+1} = clip(x_t + a h(x_t) / sigma_p + sqrt(2 a) n_t, 0, 1), with n_t rebuilt from the
+  # keys: a missing drift, a h without 1/sigma_p or a h / sigma_p^2 differ by >= 3e-3 |h|.
+  params, x = _params(np.float32), _x(dtype=np.float32)
+  a, sigma_p, R, T = 1e-3, 0.25, 2, 4
+  s = S(method="langevin", step_size=a, sigma_p=sigma_p, sigma_n=0.05, restarts=R,
+        max_iter=T)
+  keys = _keys()
+  out1, tr = purify(h_jax, params, jnp.asarray(x), keys, s, return_trace=True)
+  out2 = purify(h_jax, params, jnp.asarray(x), keys, s)
   np.testing.assert_array_equal(np.asarray(out1), np.asarray(out2))  # same keys, same noise
   it = np.asarray(tr["iterates"], np.float64)
   p64 = _params()
-  drift = np.stack([[[1e-3 * h_np(p64, it[r, t, b]) / 0.25 for b in range(32)]
-                     for t in range(3)] for r in range(2)])
-  noise = (it[:, 1:] - it[:, :-1] - drift) / math.sqrt(2e-3)
-  inside = (it[:, 1:] > 0) & (it[:, 1:] < 1)
-  n = noise[inside]
-  assert n.size > 1000 and abs(n.mean()) < 0.1 and abs(n.std() - 1) < 0.05
+  for r in range(R):
+    for t in range(T):
+      n = _langevin_noise(keys, r, R, t, SHAPE[1:], jnp.float32)
+      for b in range(SHAPE[0]):
+        want = np.clip(it[r, t, b] + a * h_np(p64, it[r, t, b]) / sigma_p
+                       + math.sqrt(2 * a) * n[b], 0, 1)
+        np.testing.assert_allclose(it[r, t + 1, b], want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(tr["alpha"]), a)
+  assert np.asarray(tr["active"]).all()
 
 
 def test_eight_devices_give_the_one_device_result():

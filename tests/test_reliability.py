@@ -330,15 +330,22 @@ def test_evaluate_on_an_empty_workdir_creates_nothing_in_it(tmp_path):
   assert os.listdir(empty) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
-def test_evaluate_without_output_on_a_read_only_workdir_says_pass_output(trained, tmp_path):
+def test_evaluate_without_output_on_an_unwritable_workdir_says_pass_output(trained, tmp_path):
   workdir = _copy(trained[0], tmp_path / "w")
-  os.chmod(workdir, 0o555)
-  try:
-    with pytest.raises(Exception, match="--output"):
-      evaluation.evaluate(_eval_config(), str(workdir), (), 8, print_fn=lambda s: None)
-  finally:
-    os.chmod(workdir, 0o755)
+  # A file where the default output folder goes stops root too (read-only permissions do not).
+  (workdir / "eval").write_text("not a folder")
+  with pytest.raises(WorkdirError, match=r"cannot write the evaluation to '.*/w/eval'.*; pass "
+                                         r"--output DIR"):
+    evaluation.evaluate(_eval_config(), str(workdir), (), 8, print_fn=lambda s: None)
+  assert (workdir / "eval").read_text() == "not a folder"
+  if os.geteuid() != 0:  # read-only permissions, where they hold
+    (workdir / "eval").unlink()
+    os.chmod(workdir, 0o555)
+    try:
+      with pytest.raises(WorkdirError, match="--output"):
+        evaluation.evaluate(_eval_config(), str(workdir), (), 8, print_fn=lambda s: None)
+    finally:
+      os.chmod(workdir, 0o755)
 
 
 # ----------------------------------------------------------------------------- progress lines
