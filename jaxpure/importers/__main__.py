@@ -6,7 +6,7 @@
       [--widen 10] [--num_classes 10]
   python -m jaxpure.importers ddpmpp CHECKPOINT.pth --workdir W [--weights ema|model]
       [--nf 128 --num_res_blocks 8 --ch_mult 1,2,2,2 --attn_resolutions 16 --image_size 32]
-  (any kind: [--overwrite])
+  (any kind: [--overwrite] [--trust_pickle])
 
 Writes a parameters-only checkpoint W/checkpoints/<score|classifier>/0 (its variables and the
 metadata: the model identity plus a "source" entry with the file, its SHA-256, the importer,
@@ -16,6 +16,11 @@ problem (missing file, unknown layout, missing/unexpected key, wrong shape, torc
 installed) the command prints one line ``error: ...`` on stderr, exits with status 2 and leaves
 the working directory untouched. An existing checkpoint folder is replaced only with
 ``--overwrite``.
+
+The file is read with PyTorch's restricted unpickler (``torch.load(weights_only=True)``),
+which builds tensors and plain values and runs no code from the file; a file that needs any
+other Python object is refused (one line, exit 2) unless ``--trust_pickle`` is given, which
+unpickles it fully (running any code it carries) after a warning line.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                       "| model; robustbench_wrn model")
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing checkpoint folder of the same kind")
+  p.add_argument("--trust_pickle", action="store_true",
+                 help="read a file that needs full unpickling (PyTorch's weights_only=False): "
+                      "this runs any code the file carries; only for files you trust")
   for flag, (dest, kind, help_text) in ARCHITECTURE_FLAGS.items():
     p.add_argument(f"--{flag}", dest=dest, type=kind, default=None, help=help_text)
   return p
@@ -143,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     arch = _architecture(args, mod.ARCHITECTURE)
     workdir = os.path.abspath(args.workdir)
     target = _prepare_target(workdir, mod.KIND, args.overwrite)
-    imported = importers.load(args.kind, args.checkpoint, args.weights, **arch)
+    imported = importers.load(args.kind, args.checkpoint, args.weights,
+                              trust_pickle=args.trust_pickle, **arch)
   except (UserInputError, FileNotFoundError) as e:
     fail(" ".join(str(e).split()))
   try:
