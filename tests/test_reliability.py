@@ -488,6 +488,14 @@ def test_evaluation_pictures_are_labelled(trained, tmp_path):
       "pgd_eot_full purified"]
   for name in ("purification.png", "adversarial.png", "steps.png", "eps_sweep.png"):
     assert (tmp_path / name).exists(), name
+  # Attacks without --sweep: no eps_sweep.png (a one-point "sweep" says nothing).
+  report["eps_sweep"] = {}
+  (tmp_path / "no_sweep").mkdir()
+  written = pictures.write_all(str(tmp_path / "no_sweep"), config,
+                               evaluation.make_defense(config), params, split, jax.random.key(0),
+                               report, {"alpha": np.full(mask.shape, 0.01)}, mask, attacked)
+  assert sorted(os.listdir(tmp_path / "no_sweep")) == sorted(written) == [
+      "adversarial.png", "purification.png", "steps.png"]
 
 
 def test_eps_sweep_tick_labels_do_not_collide_and_no_marker_hides_another():
@@ -564,11 +572,34 @@ def test_an_evaluation_with_other_settings_keeps_the_first_ones_results(first_ev
   now = _files(out)
   for path, digest in kept.items():
     assert now.get(path) == digest, f"{path} was removed or changed"
-  reports = sorted(os.listdir(out / "reports"))
+  reports = sorted(r for r in os.listdir(out / "reports") if r.endswith(".json"))
   assert len(reports) == 2, reports
-  by_n = {json.loads((out / "reports" / r).read_text())["num_examples"] for r in reports}
-  assert by_n == {N_EVAL, 12}
+  by_n = {json.loads((out / "reports" / r).read_text())["num_examples"]:
+          r[len("report_"):-len(".json")] for r in reports}
+  assert set(by_n) == {N_EVAL, 12}
   assert json.loads((out / "report.json").read_text())["num_examples"] == 12
+  # Each run's pictures are kept beside its report; the plain names are the latest run's.
+  assert sorted(os.listdir(out / "reports")) == sorted(
+      [f"report_{h}.json" for h in by_n.values()] +
+      [f"{name}_{h}.png" for name in ("purification", "steps") for h in by_n.values()])
+  for name in ("purification", "steps"):
+    first_png = (out0 / f"{name}.png").read_bytes()
+    assert (out / "reports" / f"{name}_{by_n[N_EVAL]}.png").read_bytes() == first_png
+    assert (out / "reports" / f"{name}_{by_n[12]}.png").read_bytes() == (
+        out / f"{name}.png").read_bytes()
+
+
+def test_pictures_of_an_earlier_run_do_not_stand_beside_a_later_report(first_eval, tmp_path):
+  workdir, out0, _, _, _, _ = first_eval
+  out = tmp_path / "out"
+  shutil.copytree(out0, out)
+  for name in ("adversarial.png", "eps_sweep.png", "budget.png"):  # as if from an attack run
+    shutil.copyfile(out / "steps.png", out / name)
+  report = evaluation.evaluate(_eval_config(), str(workdir), (), N_EVAL, print_fn=lambda s: None,
+                               output_dir=str(out))
+  assert report["robust_accuracy"] == {}
+  assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["purification.png",
+                                                                       "steps.png"]
 
 
 def test_a_damaged_stored_batch_is_recomputed_with_a_warning(first_eval, tmp_path):
