@@ -204,7 +204,16 @@ def test_cli_writes_restorable_checkpoint(torch, tmp_path, capsys):
   _, metadata, _ = checkpoint.restore_variables(str(workdir / "checkpoints" / "score"),
                                                 expected, sharding)
   assert metadata["source"]["weights"] == "raw"
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["score"]  # no leftovers
+  # The replaced checkpoint is moved aside, whole, and the output says where.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["replaced", "score"]
+  (aside,) = os.listdir(workdir / "checkpoints" / "replaced" / "score")
+  aside = workdir / "checkpoints" / "replaced" / "score" / aside
+  out = capsys.readouterr().out
+  assert f"to {aside} (kept, not deleted)" in out and "steps [0]" in out, out
+  old, metadata, step = checkpoint.restore_variables(str(aside), expected, sharding)
+  assert step == 0 and metadata["source"]["weights"] == "ema"
+  jax.tree.map(np.testing.assert_array_equal, old, want)
+  assert [f for f in os.listdir(workdir / "checkpoints" / "score") if f.startswith(".")] == []
 
   # WideResNet: a config builds wrn(depth=16, width=2, num_classes=10, normalize_input=False).
   path = _data("robustbench_wrn16_2.pt")
