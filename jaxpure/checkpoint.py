@@ -312,17 +312,48 @@ def _is_closed_loop_callback(unraisable) -> bool:
           and tb.tb_frame.f_code.co_name == "_check_closed")
 
 
+def _is_straggling_damage(unraisable) -> bool:
+  """Whether an unraisable exception is a checkpoint read's damage error surfacing from a
+  coroutine or future orbax left behind ("Exception ignored in: <coroutine object
+  _read_array_index_and_device_put ...>"): the read already failed with that error, which
+  was reported once as CheckpointDamagedError."""
+  import asyncio  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+  carrier = unraisable.object
+  return ((inspect.iscoroutine(carrier) or isinstance(carrier, asyncio.Future))
+          and unraisable.exc_value is not None and _is_damage(unraisable.exc_value))
+
+
+class _StragglingDamageLogFilter:
+  """Drops asyncio's "Future/Task exception was never retrieved" log records whose exception
+  is checkpoint damage (the other reads of a checkpoint whose read failed); every other
+  record passes."""
+
+  _jaxpure_quiet = True
+
+  def filter(self, record) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    never = "exception was never retrieved" in str(record.msg)
+    return not (never and exc is not None and _is_damage(exc))
+
+
 def _quiet_closed_loop_callbacks() -> None:
   """After a failed read, orbax closes its event loop while TensorStore still completes the
-  other reads of the same checkpoint; each then reports "Event loop is closed" (hundreds of
-  tracebacks on stderr around the one-line damage error). Those reports are dropped; every
-  other unraisable exception still goes to the hook that was there before."""
+  other reads of the same checkpoint; each then reports "Event loop is closed", or its own
+  damage error from an abandoned coroutine or future (hundreds of tracebacks on stderr around
+  the one-line damage error). Those reports are dropped; every other unraisable exception
+  still goes to the hook that was there before, and every other asyncio log record is
+  logged."""
+  import logging  # pylint: disable=import-outside-toplevel
+  logger = logging.getLogger("asyncio")
+  if not any(getattr(f, "_jaxpure_quiet", False) for f in logger.filters):
+    logger.addFilter(_StragglingDamageLogFilter())
   previous = sys.unraisablehook
   if getattr(previous, "_jaxpure_quiet", False):
     return
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
+    if not (_is_closed_loop_callback(unraisable) or _is_straggling_damage(unraisable)):
       previous(unraisable)
 
   hook._jaxpure_quiet = True

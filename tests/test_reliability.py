@@ -667,3 +667,46 @@ def test_only_closed_loop_callback_reports_are_dropped(monkeypatch):
     sys.unraisablehook(r)
   assert [type(r.exc_value) for r in seen] == [ZeroDivisionError, RuntimeError]
   assert seen[1] is reports[2]
+
+
+def test_straggling_damage_reports_are_dropped_and_other_errors_kept(monkeypatch):
+  """After a failed checkpoint read, the other reads' damage errors surface from abandoned
+  coroutines (unraisable) and futures (asyncio's "exception was never retrieved" log): both
+  are dropped; any other error from them is still reported."""
+  import asyncio
+  import logging
+  import types
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(logger, "filters", [])
+  checkpoint._quiet_closed_loop_callbacks()
+  checkpoint._quiet_closed_loop_callbacks()  # idempotent
+  assert len(logger.filters) == 1
+  damage = ValueError('OUT_OF_RANGE: Error reading Byte range [0, 5770) of local file "/w/d/1"')
+
+  async def _read_array_index_and_device_put():
+    return None
+
+  coroutine = _read_array_index_and_device_put()
+  other = ZeroDivisionError("division by zero")
+  for exc in (damage, other):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=None, err_msg=None,
+                                             object=coroutine))
+  coroutine.close()
+  assert [r.exc_value for r in seen] == [other]
+
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger.addHandler(handler)
+  try:
+    loop = asyncio.new_event_loop()
+    for exc in (damage, other):
+      loop.default_exception_handler({"message": "Future exception was never retrieved",
+                                      "exception": exc})
+    loop.close()
+  finally:
+    logger.removeHandler(handler)
+  assert [r.exc_info[1] for r in records] == [other]
