@@ -1,13 +1,18 @@
-"""Evaluates a trained workdir: clean, purified (ADP) and attacked accuracy, with pictures.
+"""Evaluates a trained workdir: clean accuracy, defended accuracy (the config's purifier:
+ADP or DiffPure) and attacked accuracy, with pictures.
 
-  python evaluate.py --config configs/digits.py --workdir runs/digits \
-      [--attacks pgd_clf,bpda_eot,pgd_eot_full,apgd_eot] [--sweep] [--num_examples N]
-      [--output DIR]
+  python evaluate.py --config configs/digits.py --workdir runs/digits
+      [--attacks pgd_clf,bpda_eot,bpda_eot_adp,pgd_eot_full,apgd_eot,pgd_eot_surrogate]
+      [--sweep] [--num_examples N] [--checkpoint_step score=STEP] [--output DIR]
+      [--show_config]
 
-Writes WORKDIR/eval/report.json (and reports/report_<settings hash>.json), purification.png,
-steps.png and, with attacks, adversarial.png and eps_sweep.png. Finished batches are kept under WORKDIR/eval/batches:
-an interrupted run started again with the same arguments resumes. Bad input prints one line
-on stderr and exits 2.
+Writes into OUTPUT (default WORKDIR/eval): report.json; purification.png and steps.png;
+with attacks adversarial.png; with --sweep eps_sweep.png; with config.eval.budget_attack
+among the attacks budget.png. Each run's report and pictures are also kept per settings in
+OUTPUT/reports/ (report_<settings hash>.json, purification_<settings hash>.png, ...); the
+plain names are the latest run's. Finished batches are kept under OUTPUT/batches: an
+interrupted run started again with the same arguments resumes. Bad input prints one line on
+stderr and exits 2.
 """
 
 import os
@@ -21,10 +26,11 @@ from jaxpure import cli
 
 cli.define_distributed_flags()
 cli.define_show_config_flag()
+flags.declare_key_flag("show_config")  # listed in the short --help
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run (default runs/<data set>).")
 _ATTACKS = flags.DEFINE_list("attacks", [], "Attacks to run: pgd_clf, bpda_eot, bpda_eot_adp, "
-                             "pgd_eot_full, apgd_eot.")
+                             "pgd_eot_full, apgd_eot, pgd_eot_surrogate.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Also run the eps sweep of config.attack.sweep_attack "
                            "(the gradient-masking check: accuracy must reach ~0 at a large eps).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the evaluation (default "

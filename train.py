@@ -18,6 +18,7 @@ from jaxpure import cli
 
 cli.define_distributed_flags()
 cli.define_show_config_flag()
+flags.declare_key_flag("show_config")  # listed in the short --help
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<data set>).")
 _MODELS = flags.DEFINE_list("models", ["score", "classifier"], "Which models to train.")

@@ -8,8 +8,10 @@ The metadata (JSON) is the model's identity (`model_identity`): data format vers
 registered model name, the module's fields and the image shape; imports add "source", and every
 save adds "checksums" (SHA-256 of each top-level part of the saved tree, checked on restore). A
 checkpoint of another model is refused with a clear error instead of a shape error deep in
-orbax. Evaluation reads only the used parameters (`restore_variables`): the EMA parameters and
-model state of a trained run, never its optimizer state.
+orbax. Evaluation uses only the EMA parameters and model state of a trained run
+(`restore_variables`), and checks the checksums of every saved part as training does: the
+other parts (step, raw parameters, optimizer state) are read into host memory one at a time,
+hashed and dropped.
 
 A damaged checkpoint (truncated or corrupted files, unreadable metadata JSON, a missing `state`
 folder, arrays that differ from their checksums) raises CheckpointDamagedError naming the
@@ -217,6 +219,29 @@ def verify_checksums(restored: dict, metadata: dict, where: str, item: str, step
           path=item, step=step)
 
 
+def _verify_unused_parts(item: str, tree: dict, used: set, metadata: dict, where: str,
+                         step: int) -> None:
+  """Checks the checksums of the parts of a saved training state that evaluation does not use
+  (step, raw parameters, optimizer state...), as restoring it for training does: each part is
+  read into host memory on its own, hashed and dropped. CheckpointDamagedError on a mismatch
+  or an unreadable part. tree: the item's array metadata; used: the parts already checked."""
+  saved = metadata.get(CHECKSUMS_KEY) or {}
+  for key in sorted(tree):
+    if key in used or str(key) not in saved:
+      continue
+    part = {key: tree[key]}
+    if jax.tree.leaves(part):
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), part)
+      reader = ocp.PyTreeCheckpointer()
+      try:
+        with _damage_as_error(where, item, step):
+          part = reader.restore(item, args=ocp.args.PyTreeRestore(
+              item=part, restore_args=restore_args, partial_restore=True))
+      finally:
+        reader.close()
+    verify_checksums(part, metadata, where, item, step)
+
+
 def _item_path(directory: str, step: int) -> str:
   """DIR/<step>/variables (imported) or DIR/<step>/state (trained); CheckpointDamagedError
   when the step folder holds neither."""
@@ -287,17 +312,48 @@ def _is_closed_loop_callback(unraisable) -> bool:
           and tb.tb_frame.f_code.co_name == "_check_closed")
 
 
+def _is_straggling_damage(unraisable) -> bool:
+  """Whether an unraisable exception is a checkpoint read's damage error surfacing from a
+  coroutine or future orbax left behind ("Exception ignored in: <coroutine object
+  _read_array_index_and_device_put ...>"): the read already failed with that error, which
+  was reported once as CheckpointDamagedError."""
+  import asyncio  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+  carrier = unraisable.object
+  return ((inspect.iscoroutine(carrier) or isinstance(carrier, asyncio.Future))
+          and unraisable.exc_value is not None and _is_damage(unraisable.exc_value))
+
+
+class _StragglingDamageLogFilter:
+  """Drops asyncio's "Future/Task exception was never retrieved" log records whose exception
+  is checkpoint damage (the other reads of a checkpoint whose read failed); every other
+  record passes."""
+
+  _jaxpure_quiet = True
+
+  def filter(self, record) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    never = "exception was never retrieved" in str(record.msg)
+    return not (never and exc is not None and _is_damage(exc))
+
+
 def _quiet_closed_loop_callbacks() -> None:
   """After a failed read, orbax closes its event loop while TensorStore still completes the
-  other reads of the same checkpoint; each then reports "Event loop is closed" (hundreds of
-  tracebacks on stderr around the one-line damage error). Those reports are dropped; every
-  other unraisable exception still goes to the hook that was there before."""
+  other reads of the same checkpoint; each then reports "Event loop is closed", or its own
+  damage error from an abandoned coroutine or future (hundreds of tracebacks on stderr around
+  the one-line damage error). Those reports are dropped; every other unraisable exception
+  still goes to the hook that was there before, and every other asyncio log record is
+  logged."""
+  import logging  # pylint: disable=import-outside-toplevel
+  logger = logging.getLogger("asyncio")
+  if not any(getattr(f, "_jaxpure_quiet", False) for f in logger.filters):
+    logger.addFilter(_StragglingDamageLogFilter())
   previous = sys.unraisablehook
   if getattr(previous, "_jaxpure_quiet", False):
     return
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
+    if not (_is_closed_loop_callback(unraisable) or _is_straggling_damage(unraisable)):
       previous(unraisable)
 
   hook._jaxpure_quiet = True
@@ -449,7 +505,8 @@ def restore_variables(directory: str, expected: dict[str, Any], sharding,
   """(variables, metadata, step) of the latest (or given) checkpoint in a model folder.
 
   variables = {"params": ..., **model_state}: a trained run's EMA parameters and model state
-  (its optimizer state is never read), or an imported checkpoint's variables. Leaves are put on
+  (its other parts, e.g. the optimizer state, are read only to check their checksums, one at
+  a time on the host), or an imported checkpoint's variables. Leaves are put on
   `sharding` (e.g. replicated over the mesh). Reads only; raises FileNotFoundError when there is
   no checkpoint (at `step`), CheckpointMismatchError when it is of another model and
   CheckpointDamagedError (naming the file) when its files cannot be read or its arrays differ
@@ -469,7 +526,7 @@ def restore_variables(directory: str, expected: dict[str, Any], sharding,
   check_identity(metadata, expected, where)
   path = _item_path(directory, step)
   item = os.path.basename(path)
-  tree = _tree_metadata(path, where, step)
+  tree = full_tree = _tree_metadata(path, where, step)
   if item == STATE_ITEM:
     if "ema_params" not in tree:
       raise CheckpointMismatchError(f"checkpoint {where} holds no EMA parameters (stored: "
@@ -486,6 +543,7 @@ def restore_variables(directory: str, expected: dict[str, Any], sharding,
     reader.close()
   verify_checksums(restored, metadata, where, path, step)
   if item == STATE_ITEM:
+    _verify_unused_parts(path, full_tree, set(restored), metadata, where, step)
     variables = {"params": restored["ema_params"], **(restored["model_state"] or {})}
   else:
     variables = dict(restored)

@@ -26,6 +26,10 @@ def parse_flags_or_exit(argv):
   path = _config_path(argv)
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:  # absl's --help/--helpfull print the help and exit 1
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     text = str(e)
     if path and "Error whilst parsing config file" in text:
@@ -48,6 +52,21 @@ def parse_flags_or_exit(argv):
     if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError)):
       raise
     _override_error(argv, e)
+
+
+#: absl's flags that print help and exit (absl exits 1; asking for help is no error).
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
+
+
+def _asks_for_help(argv) -> bool:
+  """Whether the command line (before a "--") asks for help."""
+  for arg in argv[1:]:
+    if arg == "--":
+      return False
+    name = arg.lstrip("-").split("=", 1)[0]
+    if arg.startswith("-") and name in _HELP_FLAGS:
+      return True
+  return False
 
 
 def _override_error(argv, e: Exception):
@@ -155,6 +174,8 @@ def _unknown_override(argv, missing: str) -> str:
 
 
 def define_show_config_flag():
+  """--show_config (the calling script declares it a key flag, so that its short --help lists
+  it: ``flags.declare_key_flag("show_config")``)."""
   flags.DEFINE_bool("show_config", False, "Print the config's keys with their values (after "
                     "--config.KEY=VALUE overrides) and exit.")
 

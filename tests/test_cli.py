@@ -134,6 +134,27 @@ def test_nan_loss_is_one_line_error_and_saves_no_non_finite_checkpoint(tmp_path)
   assert not [d for d in os.listdir(tmp_path / "checkpoints" / "score") if d.isdigit()]
 
 
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_help_exits_zero_and_is_current(script):
+  from jaxpure import attacks, purifiers
+  from jaxpure.jobs.evaluation import pictures
+  for flag in ("--help", "--helpfull"):
+    proc = subprocess.run([sys.executable, script, flag], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", (flag, proc.returncode, proc.stderr)
+    assert "--[no]show_config" in proc.stdout and "--config" in proc.stdout, proc.stdout
+  short = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120).stdout
+  assert "--helpfull to get a list of all flags" in short  # the short help lists show_config
+  if script == "evaluate.py":
+    for name in attacks.ATTACKS:
+      assert f" {name}," in short or f" {name}." in short or f",{name}" in short, name
+    for output in ("report.json", "reports/", *pictures.NAMES):
+      assert output in short, output
+    for family in purifiers.names():
+      assert purifiers.get(family).NAME.lower() in short.lower(), family
+
+
 # ----------------------------------------------------------------------------- evaluate.py
 EVAL_TINY = ["--num_examples=20", "--config.eval.batch_size=16"]
 

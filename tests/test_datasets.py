@@ -179,7 +179,11 @@ def _run_cli(*args):
 def test_cli_prepares_digits(tmp_path):
   result = _run_cli("digits", "--data_dir", str(tmp_path))
   assert result.returncode == 0, result.stderr
-  assert str(tmp_path / "digits" / "1.0.0") in result.stdout
+  where = tmp_path / "digits" / "1.0.0"
+  # Plain lines only: no progress bars (carriage returns, escape codes) on stderr.
+  assert result.stderr == ""
+  assert result.stdout.splitlines() == [f"preparing digits as array_record in {where} ...",
+                                        f"digits prepared in {where}"]
   assert prepare_lib.is_prepared("digits", data_dir=str(tmp_path))
 
 

@@ -66,6 +66,23 @@ def test_a_resumed_run_says_what_it_reuses_and_plans_only_the_rest(tmp_path, one
   assert etas[0] == ("b", 0, pytest.approx(0.25))
 
 
+def test_only_a_run_with_stored_and_missing_batches_says_resuming(tmp_path, one_second_batches):
+  units = lambda: [_unit("a", 1.0), _unit("b", 2.0)]  # noqa: E731
+  lines, etas = [], []
+  runner = _runner(tmp_path, lines, etas)
+  runner.plan(units())  # a first run: nothing stored, nothing said about stored batches
+  for unit in units():
+    runner.run(unit)
+  assert not [l for l in lines if "resum" in l or "stored" in l or "reus" in l], lines
+  lines, etas = [], []
+  runner = _runner(tmp_path, lines, etas)
+  runner.plan(units())  # the same evaluation again: every batch (2 + 2) is stored
+  assert [l for l in lines if l.startswith("[eval] all")] == [
+      "[eval] all 4 batches of the 2 units are stored by an earlier run of the same networks "
+      "and settings: nothing to compute"]
+  assert not [l for l in lines if "resum" in l], lines
+
+
 def test_units_without_a_plan_show_no_overall_eta(tmp_path, one_second_batches):
   lines, etas = [], []
   _runner(tmp_path, lines, etas).run(_unit("a", 1.0))

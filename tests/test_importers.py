@@ -106,7 +106,7 @@ def test_robustbench_wrn_reproduces_original(torch):
 # ----------------------------------------------------------------------------- CLI
 def _bad_ncsnv2_file(torch, tmp_path, problem):
   """The 28x28 fixture with one problem in its raw weights ([0]); (path, key to be named)."""
-  states = torch.load(_data("ncsnv2_mnist28_ngf8.pth"), map_location="cpu", weights_only=False)
+  states = torch.load(_data("ncsnv2_mnist28_ngf8.pth"), map_location="cpu", weights_only=True)
   raw = states[0]
   if problem == "missing":
     key = "module.res2.0.conv2.conv.weight"
@@ -204,7 +204,16 @@ def test_cli_writes_restorable_checkpoint(torch, tmp_path, capsys):
   _, metadata, _ = checkpoint.restore_variables(str(workdir / "checkpoints" / "score"),
                                                 expected, sharding)
   assert metadata["source"]["weights"] == "raw"
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["score"]  # no leftovers
+  # The replaced checkpoint is moved aside, whole, and the output says where.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["replaced", "score"]
+  (aside,) = os.listdir(workdir / "checkpoints" / "replaced" / "score")
+  aside = workdir / "checkpoints" / "replaced" / "score" / aside
+  out = capsys.readouterr().out
+  assert f"to {aside} (kept, not deleted)" in out and "steps [0]" in out, out
+  old, metadata, step = checkpoint.restore_variables(str(aside), expected, sharding)
+  assert step == 0 and metadata["source"]["weights"] == "ema"
+  jax.tree.map(np.testing.assert_array_equal, old, want)
+  assert [f for f in os.listdir(workdir / "checkpoints" / "score") if f.startswith(".")] == []
 
   # WideResNet: a config builds wrn(depth=16, width=2, num_classes=10, normalize_input=False).
   path = _data("robustbench_wrn16_2.pt")
@@ -247,3 +256,86 @@ def test_ddpmpp_plugs_into_the_registry_and_cli(torch, tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, variables, want)
   assert metadata["source"]["weights"] == "model"
   assert metadata["source"]["architecture"]["attn_resolutions"] == [16]
+
+
+# ----------------------------------------------------------------------------- untrusted files
+class _CreatesFile:
+  """Unpickles as ``open(path, "w")``: full unpickling creates ``path`` (arbitrary code)."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    import builtins  # pylint: disable=import-outside-toplevel
+    return (builtins.open, (self.path, "w"))
+
+
+def _malicious_file(torch, tmp_path):
+  """A RobustBench-like file whose pickle creates tmp_path/created.txt when unpickled fully;
+  (file, path it would create)."""
+  created = tmp_path / "created.txt"
+  state = torch.load(_data("robustbench_wrn16_2.pt"), map_location="cpu", weights_only=True)
+  path = tmp_path / "evil.pt"
+  torch.save({"state_dict": state, "note": _CreatesFile(str(created))}, path)
+  assert not created.exists()
+  return str(path), created
+
+
+def test_a_file_that_needs_full_unpickling_is_refused_and_runs_nothing(torch, tmp_path, capsys):
+  path, created = _malicious_file(torch, tmp_path)
+  workdir = tmp_path / "wd"
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["robustbench_wrn", path, "--workdir", str(workdir)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: refusing to unpickle") and err.count("\n") == 1, err
+  assert "--trust_pickle" in err and "open" in err, err
+  assert not created.exists() and not workdir.exists()
+  with pytest.raises(ImporterError, match=r"trust_pickle=True"):
+    importers.import_checkpoint("robustbench_wrn", path)
+  assert not created.exists()
+
+  # The file really runs code when unpickled fully, which the opt-in does, after a warning
+  # (the content then is no RobustBench layout: refused as such, after the code ran).
+  with pytest.raises(ImporterError, match=r"not a RobustBench|keys|layout|state"):
+    importers.import_checkpoint("robustbench_wrn", path, trust_pickle=True)
+  assert created.exists()
+  err = capsys.readouterr().err
+  assert err.startswith("warning: trust_pickle") and err.count("\n") == 1, err
+
+
+def test_a_file_that_is_no_pickle_is_one_line_without_the_opt_in(torch, tmp_path, capsys):
+  del torch
+  path = tmp_path / "page.pt"  # what a file-sharing link sometimes saves
+  path.write_text("<!DOCTYPE html><html><body>Sign in to download</body></html>\n")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["robustbench_wrn", str(path), "--workdir", str(tmp_path / "wd")])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: cannot read PyTorch checkpoint '{path}'"), err
+  assert err.count("\n") == 1 and "trust_pickle" not in err and "\x1b" not in err, err
+
+
+@pytest.mark.parametrize("kind, name, arch", [
+    ("ncsnv2", "ncsnv2_cifar10_ngf16.pth", {}),
+    ("ncsnv2", "ncsnv2_cifar10_ngf16_legacy.pth", {}),
+    ("ncsnv2", "ncsnv2_mnist28_ngf8.pth", {"image_size": 28}),
+    ("robustbench_wrn", "robustbench_wrn16_2.pt", {}),
+    ("ddpmpp", "ddpmpp_cifar10_nf16.pth", {}),
+])
+def test_every_fixture_imports_with_the_restricted_unpickler(torch, monkeypatch, kind, name,
+                                                            arch):
+  assert sorted(f for f in os.listdir(DATA) if f.endswith((".pt", ".pth"))) == [
+      "ddpmpp_cifar10_nf16.pth", "ncsnv2_cifar10_ngf16.pth", "ncsnv2_cifar10_ngf16_legacy.pth",
+      "ncsnv2_mnist28_ngf8.pth", "robustbench_wrn16_2.pt"]  # a new fixture joins this test
+  calls, real = [], torch.load
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs.get("weights_only"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(torch, "load", spy)
+  imported = importers.load(kind, _data(name), **arch)
+  assert calls == [True]
+  n = sum(np.asarray(x).size for x in jax.tree.leaves(imported.variables))
+  assert n > 1000 and imported.source["importer"] == kind

@@ -171,18 +171,10 @@ def test_evaluation_names_the_damaged_file_and_the_older_checkpoint_to_use(
   step_dir = workdir / "checkpoints" / "score" / "4"
   named = _damage(step_dir, how)
   mesh = parallel.make_mesh()
-  try:
+  # Evaluation checks every saved part, also those it does not use (the optimizer state).
+  with pytest.raises(CheckpointDamagedError) as e:
     loading.load_model(model_specs.SCORE, _eval_config(), str(workdir), mesh)
-  except CheckpointDamagedError as e:
-    message = str(e)
-  else:
-    # Evaluation reads only the EMA parameters: damage confined to the optimizer state's
-    # data is not read, and then the checkpoint must load exactly as before.
-    assert how == "overwritten_data", f"{how}: a damaged checkpoint loaded"
-    loaded = loading.load_model(model_specs.SCORE, _eval_config(), str(workdir), mesh)
-    first = loading.load_model(model_specs.SCORE, _eval_config(), str(trained[0]), mesh)
-    assert loaded.fingerprint == first.fingerprint
-    return
+  message = str(e.value)
   assert "\n" not in message and f"checkpoint {step_dir} is damaged" in message, message
   assert named in message, message
   assert "--checkpoint_step score=2" in message, message
@@ -191,17 +183,44 @@ def test_evaluation_names_the_damaged_file_and_the_older_checkpoint_to_use(
     assert older["score"].step == 2 and older["classifier"].step == 4
 
 
-def test_arrays_that_differ_from_their_saved_checksum_are_damage(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
-  path = workdir / "checkpoints" / "classifier" / "4" / "metadata" / "metadata"
+def _alter_checksum(workdir, kind, part):
+  """Changes the checksum saved for `part` of checkpoint 4, as if its stored bytes had
+  changed."""
+  path = workdir / "checkpoints" / kind / "4" / "metadata" / "metadata"
   metadata = json.loads(path.read_text())
-  assert set(metadata["checksums"]) >= {"ema_params", "params", "opt_state"}
-  metadata["checksums"]["ema_params"] = "0" * 64  # as if the stored EMA bytes had changed
+  assert set(metadata["checksums"]) >= {"ema_params", "params", "opt_state", "step"}
+  metadata["checksums"][part] = "0" * 64
   path.write_text(json.dumps(metadata))
+
+
+# Evaluation uses only the EMA parameters and model state, and checks every part as training
+# does (training restores all of them, and calls each mismatch damage).
+@pytest.mark.parametrize("part", ["ema_params", "step", "opt_state", "params"])
+def test_arrays_that_differ_from_their_saved_checksum_are_damage(trained, tmp_path, part):
+  workdir = _copy(trained[0], tmp_path / "w")
+  _alter_checksum(workdir, "classifier", part)
   with pytest.raises(CheckpointDamagedError, match="checksum") as e:
     loading.load_model(model_specs.CLASSIFIER, _eval_config(), str(workdir),
                        parallel.make_mesh())
+  assert f"the arrays of {part!r}" in str(e.value)
   assert "--checkpoint_step classifier=2" in str(e.value)
+  checkpointer = train_job.checkpointer(model_specs.CLASSIFIER, _eval_config(), str(workdir))
+  state = train_job.init_train_state(model_specs.CLASSIFIER, _eval_config(),
+                                     model_specs.CLASSIFIER.build(_eval_config()),
+                                     jax.random.key(0), parallel.make_mesh())
+  with pytest.raises(CheckpointDamagedError, match=f"the arrays of {part!r}"):
+    checkpointer.restore(state, 4)  # what training calls damaged, evaluation does too
+  checkpointer.close()
+
+
+def test_evaluate_cli_on_an_altered_step_checksum_is_one_line_exit_2(trained, tmp_path):
+  workdir = _copy(trained[0], tmp_path / "w")
+  _alter_checksum(workdir, "score", "step")
+  line = _one_line_error(_run("evaluate.py", "--config", SMOKE, "--workdir", str(workdir),
+                              "--num_examples=8", "--output", str(tmp_path / "out")))
+  assert f"checkpoint {workdir}/checkpoints/score/4 is damaged" in line, line
+  assert "'step'" in line and "--checkpoint_step score=2" in line, line
+  assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_train_cli_without_a_restorable_checkpoint_is_one_line_exit_2(trained, tmp_path):
@@ -495,6 +514,14 @@ def test_evaluation_pictures_are_labelled(trained, tmp_path):
       "pgd_eot_full purified"]
   for name in ("purification.png", "adversarial.png", "steps.png", "eps_sweep.png"):
     assert (tmp_path / name).exists(), name
+  # Attacks without --sweep: no eps_sweep.png (a one-point "sweep" says nothing).
+  report["eps_sweep"] = {}
+  (tmp_path / "no_sweep").mkdir()
+  written = pictures.write_all(str(tmp_path / "no_sweep"), config,
+                               evaluation.make_defense(config), params, split, jax.random.key(0),
+                               report, {"alpha": np.full(mask.shape, 0.01)}, mask, attacked)
+  assert sorted(os.listdir(tmp_path / "no_sweep")) == sorted(written) == [
+      "adversarial.png", "purification.png", "steps.png"]
 
 
 def test_eps_sweep_tick_labels_do_not_collide_and_no_marker_hides_another():
@@ -571,11 +598,34 @@ def test_an_evaluation_with_other_settings_keeps_the_first_ones_results(first_ev
   now = _files(out)
   for path, digest in kept.items():
     assert now.get(path) == digest, f"{path} was removed or changed"
-  reports = sorted(os.listdir(out / "reports"))
+  reports = sorted(r for r in os.listdir(out / "reports") if r.endswith(".json"))
   assert len(reports) == 2, reports
-  by_n = {json.loads((out / "reports" / r).read_text())["num_examples"] for r in reports}
-  assert by_n == {N_EVAL, 12}
+  by_n = {json.loads((out / "reports" / r).read_text())["num_examples"]:
+          r[len("report_"):-len(".json")] for r in reports}
+  assert set(by_n) == {N_EVAL, 12}
   assert json.loads((out / "report.json").read_text())["num_examples"] == 12
+  # Each run's pictures are kept beside its report; the plain names are the latest run's.
+  assert sorted(os.listdir(out / "reports")) == sorted(
+      [f"report_{h}.json" for h in by_n.values()] +
+      [f"{name}_{h}.png" for name in ("purification", "steps") for h in by_n.values()])
+  for name in ("purification", "steps"):
+    first_png = (out0 / f"{name}.png").read_bytes()
+    assert (out / "reports" / f"{name}_{by_n[N_EVAL]}.png").read_bytes() == first_png
+    assert (out / "reports" / f"{name}_{by_n[12]}.png").read_bytes() == (
+        out / f"{name}.png").read_bytes()
+
+
+def test_pictures_of_an_earlier_run_do_not_stand_beside_a_later_report(first_eval, tmp_path):
+  workdir, out0, _, _, _, _ = first_eval
+  out = tmp_path / "out"
+  shutil.copytree(out0, out)
+  for name in ("adversarial.png", "eps_sweep.png", "budget.png"):  # as if from an attack run
+    shutil.copyfile(out / "steps.png", out / name)
+  report = evaluation.evaluate(_eval_config(), str(workdir), (), N_EVAL, print_fn=lambda s: None,
+                               output_dir=str(out))
+  assert report["robust_accuracy"] == {}
+  assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["purification.png",
+                                                                       "steps.png"]
 
 
 def test_a_damaged_stored_batch_is_recomputed_with_a_warning(first_eval, tmp_path):
@@ -624,3 +674,46 @@ def test_only_closed_loop_callback_reports_are_dropped(monkeypatch):
     sys.unraisablehook(r)
   assert [type(r.exc_value) for r in seen] == [ZeroDivisionError, RuntimeError]
   assert seen[1] is reports[2]
+
+
+def test_straggling_damage_reports_are_dropped_and_other_errors_kept(monkeypatch):
+  """After a failed checkpoint read, the other reads' damage errors surface from abandoned
+  coroutines (unraisable) and futures (asyncio's "exception was never retrieved" log): both
+  are dropped; any other error from them is still reported."""
+  import asyncio
+  import logging
+  import types
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(logger, "filters", [])
+  checkpoint._quiet_closed_loop_callbacks()
+  checkpoint._quiet_closed_loop_callbacks()  # idempotent
+  assert len(logger.filters) == 1
+  damage = ValueError('OUT_OF_RANGE: Error reading Byte range [0, 5770) of local file "/w/d/1"')
+
+  async def _read_array_index_and_device_put():
+    return None
+
+  coroutine = _read_array_index_and_device_put()
+  other = ZeroDivisionError("division by zero")
+  for exc in (damage, other):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
+                                             exc_traceback=None, err_msg=None,
+                                             object=coroutine))
+  coroutine.close()
+  assert [r.exc_value for r in seen] == [other]
+
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger.addHandler(handler)
+  try:
+    loop = asyncio.new_event_loop()
+    for exc in (damage, other):
+      loop.default_exception_handler({"message": "Future exception was never retrieved",
+                                      "exception": exc})
+    loop.close()
+  finally:
+    logger.removeHandler(handler)
+  assert [r.exc_info[1] for r in records] == [other]

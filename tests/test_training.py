@@ -111,6 +111,38 @@ def test_resumed_run_is_bit_exact(kind, train_split, tmp_path):
       jax.tree.leaves(jax.device_get(part.params)), jax.tree.leaves(jax.device_get(full.params))))
 
 
+def test_a_rerun_after_a_kill_logs_each_step_once(train_split, tmp_path):
+  """A run killed after logging steps past its last checkpoint (as kill -9 leaves it: no save
+  on the way out, maybe half a line) and run again logs each step once, with the values of an
+  uninterrupted run."""
+  import json
+  import shutil
+  config = tiny_config()
+  config.classifier.update(log_every=1, checkpoint_every=2, keep_checkpoints=3)
+  mesh, key, quiet = parallel.make_mesh(), jax.random.key(5), lambda s: None
+  workdir = tmp_path / "w"
+  _, done = train_job.train_model(SPECS["classifier"], config, str(workdir), train_split, key,
+                                  mesh, should_stop=lambda: False, print_fn=quiet)
+  assert done
+  log = workdir / "metrics.jsonl"
+  full = [json.loads(l) for l in log.read_text().splitlines()]
+  assert [r["step"] for r in full] == [1, 2, 3, 4, 5, 6]
+  # As if killed while writing step 6's line, after checkpoint 4: checkpoint 6 never written.
+  shutil.rmtree(workdir / "checkpoints" / "classifier" / "6")
+  other = {"step": 3, "model": "score", "loss": 1.0, "steps_per_sec": 1.0}  # another model's
+  lines = log.read_text().splitlines()
+  log.write_text("\n".join(lines[:5] + [json.dumps(other), lines[5][:20]]))
+  resumed, done = train_job.train_model(SPECS["classifier"], config, str(workdir), train_split,
+                                        key, mesh, should_stop=lambda: False, print_fn=quiet)
+  assert done and int(resumed.step) == 6
+  again = [json.loads(l) for l in log.read_text().splitlines()]
+  mine = [r for r in again if r["model"] == "classifier"]
+  assert [r["step"] for r in mine] == [1, 2, 3, 4, 5, 6]
+  assert other in again
+  strip = lambda r: {k: v for k, v in r.items() if k != "steps_per_sec"}  # noqa: E731
+  assert [strip(r) for r in mine] == [strip(r) for r in full]  # steps 5, 6 replayed exactly
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_split, tmp_path):
   config = tiny_config(num_steps=2)
   mesh = parallel.make_mesh()

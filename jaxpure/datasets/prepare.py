@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -216,8 +217,23 @@ def prepare(
   if name in _NEEDS_TENSORFLOW:
     _require_tensorflow(name)
   builder = _builder(name, data_dir, file_format=_FILE_FORMAT)
-  builder.download_and_prepare()
+  _download_and_prepare(builder, name)
   return builder
+
+
+def _download_and_prepare(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """``builder.download_and_prepare()`` saying so in one plain line on stdout, instead of
+  TFDS's progress bars (carriage returns and terminal escape codes on stderr) and its bold
+  messages on stdout (the rest of the project writes plain lines)."""
+  print(f"preparing {name} as {_FILE_FORMAT} in {builder.data_dir} ...", flush=True)
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  shown = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare()
+  finally:
+    tfds.display_progress_bar(shown)
 
 
 def _prepare_from_file(
@@ -235,7 +251,7 @@ def _prepare_from_file(
   splits = _FROM_FILE_BUILDERS[name][1](path)
   builder = _from_file_builder(
       name, data_dir, file_format=_FILE_FORMAT, splits=splits)
-  builder.download_and_prepare()
+  _download_and_prepare(builder, name)
   return builder
 
 

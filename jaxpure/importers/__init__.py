@@ -11,7 +11,8 @@ kind                original network / file layout          model       weights 
 ``ddpmpp``          score_sde_pytorch ``NCSNpp`` (DDPM++)   ``ddpmpp``  ``ema``, ``model``
 ==================  =====================================  ==========  ====================
 
-Python entry point: ``import_checkpoint(kind, path, weights=None, **architecture)`` returns
+Python entry point: ``import_checkpoint(kind, path, weights=None, trust_pickle=False,
+**architecture)`` returns
 ``(module, variables)`` with ``module.apply(variables, ...)`` computing what the original
 computes (see each submodule); :func:`load` returns everything the CLI writes
 (``python -m jaxpure.importers``, see ``__main__``). Architecture arguments carry the
@@ -27,6 +28,10 @@ Interface of an importer submodule (``jaxpure.importers.<kind>``):
   file's content as :func:`jaxpure.importers.torch_io.load_torch_checkpoint` returns it
   (tensors as NumPy arrays). It raises :class:`jaxpure.errors.ImporterError` naming the first
   bad key on any mismatch, and never imports torch.
+
+Files are read with PyTorch's restricted unpickler (``weights_only=True``): tensors,
+containers and plain values only, no code from the file runs. A file that needs other Python
+objects is refused unless ``trust_pickle=True`` (CLI ``--trust_pickle``) says it is trusted.
 
 Torch is an optional dependency (``pip install -e .[torch]``): it is imported only inside
 ``torch_io`` when a file is read, never when this package is imported.
@@ -173,15 +178,17 @@ def sha256(path: str | os.PathLike) -> str:
   return digest.hexdigest()
 
 
-def load(kind: str, path: str | os.PathLike, weights: str | None = None,
-         **architecture) -> Imported:
+def load(kind: str, path: str | os.PathLike, weights: str | None = None, *,
+         trust_pickle: bool = False, **architecture) -> Imported:
   """Reads and converts ``path`` with the ``kind`` importer; checks everything, writes nothing.
 
   weights: one of the importer's ``WEIGHTS`` (default its first); architecture: the
-  importer's ``ARCHITECTURE`` arguments (None values are left to inference).
-  Raises ImporterError for a missing or unreadable file, an unknown kind, weights or
-  architecture argument, a layout the importer does not know, or any missing, unexpected or
-  wrongly shaped parameter.
+  importer's ``ARCHITECTURE`` arguments (None values are left to inference); trust_pickle:
+  read a file that needs full unpickling (runs any code it carries; prints a warning), see
+  :func:`jaxpure.importers.torch_io.load_torch_checkpoint`.
+  Raises ImporterError for a missing or unreadable file, a file that needs full unpickling
+  (without ``trust_pickle``), an unknown kind, weights or architecture argument, a layout the
+  importer does not know, or any missing, unexpected or wrongly shaped parameter.
   """
   from jaxpure.importers import torch_io  # pylint: disable=import-outside-toplevel
   mod = importer(kind)
@@ -197,7 +204,8 @@ def load(kind: str, path: str | os.PathLike, weights: str | None = None,
   path = os.path.abspath(os.fspath(path))
   if not os.path.isfile(path):
     raise ImporterError(f"checkpoint file {path} does not exist")
-  converted = mod.convert(torch_io.load_torch_checkpoint(path), weights, **architecture)
+  content = torch_io.load_torch_checkpoint(path, trust_pickle=trust_pickle)
+  converted = mod.convert(content, weights, **architecture)
   import jax  # pylint: disable=import-outside-toplevel
   variables = jax.tree.map(jax.numpy.asarray, converted.variables)
   source = {"file": path, "sha256": sha256(path), "importer": kind, "weights": weights,
@@ -208,10 +216,15 @@ def load(kind: str, path: str | os.PathLike, weights: str | None = None,
                   image_shape=tuple(converted.image_shape), source=source)
 
 
-def import_checkpoint(kind: str, path: str | os.PathLike, weights: str | None = None,
-                      **architecture):
-  """``(module, variables)`` of the PyTorch checkpoint ``path`` (see :func:`load`)."""
-  imported = load(kind, path, weights, **architecture)
+def import_checkpoint(kind: str, path: str | os.PathLike, weights: str | None = None, *,
+                      trust_pickle: bool = False, **architecture):
+  """``(module, variables)`` of the PyTorch checkpoint ``path`` (see :func:`load`).
+
+  The file is read with PyTorch's restricted unpickler, which runs no code from the file; one
+  that needs full unpickling is refused unless ``trust_pickle=True`` (then it may run any
+  code it carries: only for files you trust).
+  """
+  imported = load(kind, path, weights, trust_pickle=trust_pickle, **architecture)
   return imported.module, imported.variables
 
 

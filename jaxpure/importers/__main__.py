@@ -6,7 +6,7 @@
       [--widen 10] [--num_classes 10]
   python -m jaxpure.importers ddpmpp CHECKPOINT.pth --workdir W [--weights ema|model]
       [--nf 128 --num_res_blocks 8 --ch_mult 1,2,2,2 --attn_resolutions 16 --image_size 32]
-  (any kind: [--overwrite])
+  (any kind: [--overwrite] [--trust_pickle])
 
 Writes a parameters-only checkpoint W/checkpoints/<score|classifier>/0 (its variables and the
 metadata: the model identity plus a "source" entry with the file, its SHA-256, the importer,
@@ -15,7 +15,13 @@ file. The file is read, converted and checked completely before anything is writ
 problem (missing file, unknown layout, missing/unexpected key, wrong shape, torch not
 installed) the command prints one line ``error: ...`` on stderr, exits with status 2 and leaves
 the working directory untouched. An existing checkpoint folder is replaced only with
-``--overwrite``.
+``--overwrite``, which moves it to W/checkpoints/replaced/<kind>/<time> (and says so), never
+deletes it.
+
+The file is read with PyTorch's restricted unpickler (``torch.load(weights_only=True)``),
+which builds tensors and plain values and runs no code from the file; a file that needs any
+other Python object is refused (one line, exit 2) unless ``--trust_pickle`` is given, which
+unpickles it fully (running any code it carries) after a warning line.
 """
 
 from __future__ import annotations
@@ -72,7 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                  help="which weights to take: ncsnv2 raw (default) | ema; ddpmpp ema (default) "
                       "| model; robustbench_wrn model")
   p.add_argument("--overwrite", action="store_true",
-                 help="replace an existing checkpoint folder of the same kind")
+                 help="replace an existing checkpoint folder of the same kind (moved to "
+                      "checkpoints/replaced/<kind>/<time>, not deleted)")
+  p.add_argument("--trust_pickle", action="store_true",
+                 help="read a file that needs full unpickling (PyTorch's weights_only=False): "
+                      "this runs any code the file carries; only for files you trust")
   for flag, (dest, kind, help_text) in ARCHITECTURE_FLAGS.items():
     p.add_argument(f"--{flag}", dest=dest, type=kind, default=None, help=help_text)
   return p
@@ -105,33 +115,51 @@ def _prepare_target(workdir: str, checkpoint_kind: str, overwrite: bool) -> str:
   return target
 
 
-def _write(target: str, imported) -> str:
+def _aside(target: str) -> str:
+  """A new path W/checkpoints/replaced/<kind>/<time> for the folder ``target`` replaces."""
+  import datetime  # pylint: disable=import-outside-toplevel
+  kind = os.path.basename(target)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  base = os.path.join(os.path.dirname(target), "replaced", kind, stamp)
+  path, n = base, 1
+  while os.path.exists(path):
+    n += 1
+    path = f"{base}-{n}"
+  return path
+
+
+def _write(target: str, imported) -> tuple[str, str | None]:
   """Writes the checkpoint into a fresh folder beside ``target`` and moves it into place, so
-  that a failure leaves no partial checkpoint; returns the step folder."""
+  that a failure leaves no partial checkpoint; returns (the step folder, where the replaced
+  checkpoint folder was moved or None). A replaced folder is kept under
+  W/checkpoints/replaced/<kind>/<time>, never deleted."""
   from jaxpure import checkpoint  # pylint: disable=import-outside-toplevel
   parent = os.path.dirname(target)
   created = [d for d in (os.path.dirname(parent), parent) if not os.path.isdir(d)]
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.import-", dir=parent)
-  old = None
+  aside = None
   try:
     checkpoint.save_variables(tmp, imported.variables, imported.metadata(), step=0)
-    if os.path.isdir(target):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
-      os.rename(target, os.path.join(old, "replaced"))
+    if os.path.isdir(target) and not os.listdir(target):
+      os.rmdir(target)
+    elif os.path.isdir(target):
+      aside = _aside(target)
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.rename(target, aside)
     os.rename(tmp, target)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None and not os.path.exists(target):
-      os.rename(os.path.join(old, "replaced"), target)
-      shutil.rmtree(old, ignore_errors=True)
+    if aside is not None and os.path.isdir(aside) and not os.path.exists(target):
+      os.rename(aside, target)
+      for d in (os.path.dirname(aside), os.path.dirname(os.path.dirname(aside))):
+        if os.path.isdir(d) and not os.listdir(d):
+          os.rmdir(d)
     for d in reversed(created):
       if os.path.isdir(d) and not os.listdir(d):
         os.rmdir(d)
     raise
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
-  return os.path.join(target, "0")
+  return os.path.join(target, "0"), aside
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     arch = _architecture(args, mod.ARCHITECTURE)
     workdir = os.path.abspath(args.workdir)
     target = _prepare_target(workdir, mod.KIND, args.overwrite)
-    imported = importers.load(args.kind, args.checkpoint, args.weights, **arch)
+    imported = importers.load(args.kind, args.checkpoint, args.weights,
+                              trust_pickle=args.trust_pickle, **arch)
   except (UserInputError, FileNotFoundError) as e:
     fail(" ".join(str(e).split()))
+  from jaxpure import checkpoint  # pylint: disable=import-outside-toplevel
+  replaced = checkpoint.checkpoint_steps(target)
   try:
-    where = _write(target, imported)
+    where, aside = _write(target, imported)
   except OSError as e:
     fail(f"cannot write the checkpoint into {target}: {' '.join(str(e).split())}")
   arch_text = ", ".join(f"{k}={v}" for k, v in imported.architecture.items())
@@ -155,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{imported.source['file']} (sha256 {imported.source['sha256'][:16]}...) into {where}")
   print(f"model {imported.model!r} with fields {imported.metadata()['fields']}, "
         f"image shape {list(imported.image_shape)}")
+  if aside is not None:
+    what = f"checkpoint (steps {replaced})" if replaced else "folder"
+    print(f"moved the {what} it replaces from {target} to {aside} (kept, not deleted)")
   return 0
 
 

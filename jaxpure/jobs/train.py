@@ -42,6 +42,33 @@ class MetricsLog:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
+  def drop_after(self, model: str, step: int) -> int:
+    """Removes the lines of `model` logged after `step` (training resumes from `step`: a run
+    killed after its last checkpoint logged them, and they are logged again) and lines cut
+    short by a kill, so that the file holds one line per (model, step). Rewrites the file
+    atomically, only when something is removed (process 0 only); returns how many lines were
+    removed."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return 0
+    with open(self.path, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+    keep = []
+    for line in lines[:-1]:  # the part after the last newline is empty, or cut short
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if not (isinstance(record, dict) and record.get("model") == model
+              and isinstance(record.get("step"), int) and record["step"] > step):
+        keep.append(line)
+    removed = len(lines) - 1 - len(keep) + (lines[-1] != "")
+    if removed:
+      tmp = self.path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in keep))
+      os.replace(tmp, self.path)
+    return removed
+
 
 def init_train_state(spec: model_specs.ModelSpec, config, module, key, mesh):
   """A fresh, replicated TrainState of the model `spec`."""
@@ -85,6 +112,8 @@ def train_model(spec: model_specs.ModelSpec, config, workdir: str, split, key, m
              f"{int(state.step)}")
     ckpt.close()
     return state, True
+  log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  log.drop_after(spec.kind, int(state.step))
   settings = spec.optimizer_settings(config)
   step_fn = training.make_train_step(spec.loss(config, module), training.make_optimizer(settings),
                                      training.make_ema(settings), mesh)
@@ -93,7 +122,7 @@ def train_model(spec: model_specs.ModelSpec, config, workdir: str, split, key, m
   result = training.train_loop(
       model=spec.kind, state=state, train_step=step_fn, batches=batches, key=step_key,
       num_steps=section.num_steps, checkpointer=ckpt, log_every=section.log_every,
-      log_metrics=MetricsLog(os.path.join(workdir, "metrics.jsonl")),
+      log_metrics=log,
       should_stop=should_stop, print_fn=print_fn, grad_clip=settings.grad_clip)
   ckpt.close()
   return result.state, result.completed

@@ -271,9 +271,10 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
        **({"budget": budget_unit.signature} if budget_unit else {})})
   path = os.path.join(out_dir, "report.json")
   if is_writer:
-    pictures.write_all(out_dir, config, defense, params, test_split, eval_key, report,
-                       step_values, step_mask, attacked)
+    drawn = pictures.write_all(out_dir, config, defense, params, test_split, eval_key, report,
+                               step_values, step_mask, attacked)
     path = report_lib.write(out_dir, report, settings_hash)
+    pictures.keep(out_dir, drawn, settings_hash)
   print_fn(report_lib.summary_line(path, report, attack_names))
   if any(attacks_lib.SPECS[name].exact_gradient for name in attack_names):
     print_fn(f"[eval] {budget_lib.summary(searched)}")

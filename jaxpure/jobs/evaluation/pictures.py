@@ -1,7 +1,12 @@
 """The evaluation's pictures: purification.png, steps.png, adversarial.png, eps_sweep.png,
-budget.png."""
+budget.png.
+
+Each run's pictures are kept per settings beside their report
+(EVAL/reports/<name>_<settings hash>.png, like reports/report_<settings hash>.json), and the
+latest run's also under the plain names (`keep`)."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +16,16 @@ from jaxpure.defense import Defense
 from jaxpure.purifiers.common import example_keys
 
 
+#: Every picture an evaluation may write.
+NAMES = ("purification.png", "steps.png", "adversarial.png", "eps_sweep.png", "budget.png")
+
+
 def write_all(out_dir: str, config, defense: Defense, params, test_split, key, report,
-              step_values: dict, step_mask, attacked: dict) -> None:
-  """step_values: {scalar name: [R, T, n]}; step_mask [R, T, n]; attacked: {attack: results
-  with "x_adv" of the first examples}."""
+              step_values: dict, step_mask, attacked: dict) -> list[str]:
+  """Writes the pictures into out_dir; returns their file names. step_values: {scalar name:
+  [R, T, n]}; step_mask [R, T, n]; attacked: {attack: results with "x_adv" of the first
+  examples}. eps_sweep.png only when the report has an eps sweep."""
+  written = ["purification.png", "steps.png"]
   k = min(config.eval.grid_examples, len(test_split))
   first = config.eval.first_example
   x, _ = data.read_all(test_split, k, first)
@@ -49,8 +60,33 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
     images.save_grid(os.path.join(out_dir, "adversarial.png"), rows, row_labels=labels,
                      title=f"attacks at eps {settings['eps']:.3g} ({settings['norm']}); "
                            "purified: restart 1")
+    written.append("adversarial.png")
+  if attacked and report["eps_sweep"]:
     plots.plot_eps_sweep(os.path.join(out_dir, "eps_sweep.png"), report["eps_sweep"],
                          report["robust_accuracy"], report["settings"]["eps"],
                          report["undefended_robust_accuracy"])
+    written.append("eps_sweep.png")
   if report.get("budget_curves"):
     plots.plot_budget_curves(os.path.join(out_dir, "budget.png"), report["budget_curves"])
+    written.append("budget.png")
+  return written
+
+
+def keep(out_dir: str, written: list[str], settings_hash: str) -> list[str]:
+  """Copies the pictures `written` (plain names in out_dir) to
+  out_dir/reports/<name>_<settings_hash>.png, beside report_<settings_hash>.json, and removes
+  plain-named pictures of an earlier run that this one did not write (they would not match
+  report.json). Returns the kept copies' paths."""
+  reports = os.path.join(out_dir, "reports")
+  os.makedirs(reports, exist_ok=True)
+  kept = []
+  for name in written:
+    stem, ext = os.path.splitext(name)
+    path = os.path.join(reports, f"{stem}_{settings_hash}{ext}")
+    shutil.copyfile(os.path.join(out_dir, name), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    kept.append(path)
+  for name in set(NAMES) - set(written):
+    if os.path.isfile(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
+  return kept

@@ -268,16 +268,21 @@ class Runner:
 
   def plan(self, units: list[Unit]) -> None:
     """Announces the units to run (for the overall ETA) and says how many stored batches an
-    earlier run left for them."""
-    stored_units, stored_batches = 0, 0
+    earlier run left for them: "resuming" when some are stored and some are left to compute,
+    "nothing to compute" when every batch is stored; nothing when none is."""
+    stored_units, stored_batches, total = 0, 0, 0
     for unit in units:
       n = self._n(unit)
       bs, num_batches = self._batch_count(unit.batch_size, n)
       stored = min(num_batches, self.store.count(unit.name, self._signature(unit, bs)))
       stored_units += stored > 0
       stored_batches += stored
+      total += num_batches
       self._left[unit.name] = (max(0, n - stored * bs), unit.work)
-    if stored_batches:
+    if stored_batches and stored_batches == total:
+      self.print_fn(f"[eval] all {total} batches of the {len(units)} units are stored by an "
+                    "earlier run of the same networks and settings: nothing to compute")
+    elif stored_batches:
       self.print_fn(f"[eval] resuming: reusing {stored_batches} stored batches of "
                     f"{stored_units} of the {len(units)} units")
 
