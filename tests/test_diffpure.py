@@ -21,6 +21,7 @@ SHAPE = (4, 4, 4, 1)
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
+@pytest.mark.reference
 def test_vp_marginal_matches_the_closed_form():
   sde = VPSDE(0.1, 20.0)
   t = np.linspace(1e-4, 1.0, 50)
@@ -37,6 +38,7 @@ def test_vp_marginal_matches_the_closed_form():
   np.testing.assert_allclose(d, -0.5 * (0.1 + t * 19.9) * mean, rtol=1e-6)
 
 
+@pytest.mark.reference
 def test_reverse_sde_matches_the_original_diffpure_code():
   """DiffPure's own RevVPSDE (runners/diffpure_sde.py, score_sde's score function) on the
   DDPM++ fixture, in float64, wrote its reverse-time drift f(s, x) = 1/2 beta x + beta s(x, t),
@@ -155,6 +157,7 @@ def tiny_defense(restarts=2, **settings):
                  restarts=restarts)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("sampler", ["sde", "ddpm", "ddim"])
 def test_exact_gradient_matches_float64_finite_differences(sampler):
   with jax.enable_x64(True):
@@ -183,6 +186,7 @@ def test_batch_is_purified_as_examples_alone():
     np.testing.assert_allclose(batch[:, b], alone[:, 0], atol=1e-6)
 
 
+@pytest.mark.reference
 def test_eight_devices_give_the_one_device_result():
   params, defense = tiny_params(), tiny_defense(restarts=2)
   x = np.random.default_rng(3).uniform(size=(16, 4, 4, 1)).astype(np.float32)

@@ -223,6 +223,7 @@ def test_langevin_follows_its_formula():
   assert n.size > 1000 and abs(n.mean()) < 0.1 and abs(n.std() - 1) < 0.05
 
 
+@pytest.mark.reference
 def test_eight_devices_give_the_one_device_result():
   params, x = _params(np.float32), np.random.default_rng(3).uniform(size=(16, 4, 4, 1))
   x = x.astype(np.float32)
