@@ -26,6 +26,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs the torch extra: pip install -e '.[torch]'")
 autopgd = pytest.importorskip("pyautoattack.autopgd_base",
                               reason="needs pyautoattack (the torch extra)")
+pytestmark = pytest.mark.reference  # CI fails when these do not run
 
 from benchmarks import torch_reference  # noqa: E402
 from configs import digits  # noqa: E402

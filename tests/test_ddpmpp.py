@@ -64,6 +64,7 @@ def test_infer_architecture_and_parameter_order(original):
   assert imp.parameter_names(ckpt["model"]) == [str(n) for n in ref["parameter_order"]]
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("weights", ["model", "ema"])
 def test_matches_original_outputs(original, weights):
   """Raw and EMA weights reproduce model(x, 999 t) to 1e-4 and the VP score -out/std(t) to

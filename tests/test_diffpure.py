@@ -1,21 +1,27 @@
-"""The VP-SDE and the diffpure purifier family against closed forms, Monte Carlo, finite
-differences and compiled memory; batches equal examples one by one; 8 devices equal 1."""
+"""The VP-SDE and the diffpure purifier family against the original DiffPure code's reverse
+SDE (tests/data), closed forms, Monte Carlo, finite differences and compiled memory; batches
+equal examples one by one; 8 devices equal 1."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpure import losses, parallel
+from jaxpure import losses, models, parallel
 from jaxpure.attacks import eot
 from jaxpure.defense import Defense
+from jaxpure.importers import ddpmpp as ddpmpp_importer
 from jaxpure.purifiers import common, diffpure
 from jaxpure.sde import VPSDE
 
 D, K = 16, 5
 SHAPE = (4, 4, 4, 1)
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
+@pytest.mark.reference
 def test_vp_marginal_matches_the_closed_form():
   sde = VPSDE(0.1, 20.0)
   t = np.linspace(1e-4, 1.0, 50)
@@ -30,6 +36,43 @@ def test_vp_marginal_matches_the_closed_form():
     d = (np.asarray(sde.marginal(jnp.asarray(t + h))[0]) -
          np.asarray(sde.marginal(jnp.asarray(t - h))[0])) / (2 * h)
   np.testing.assert_allclose(d, -0.5 * (0.1 + t * 19.9) * mean, rtol=1e-6)
+
+
+@pytest.mark.reference
+def test_reverse_sde_matches_the_original_diffpure_code():
+  """DiffPure's own RevVPSDE (runners/diffpure_sde.py, score_sde's score function) on the
+  DDPM++ fixture, in float64, wrote its reverse-time drift f(s, x) = 1/2 beta x + beta s(x, t),
+  its diffusion g = sqrt(beta(t)) and one torchsde Euler-Maruyama step
+  x + f dt + g sqrt(dt) z, at t = 1 - s in {0.1, 0.07, 0.001, 0.5}, for three beta schedules
+  (tests/data/make_diffpure_reverse_reference.py). jaxpure's float64 DDPM++, score, drift and
+  sde step give the same numbers to float64 rounding."""
+  ref = dict(np.load(os.path.join(DATA, "diffpure_reverse_reference.npz")))
+  state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
+  arch = ddpmpp_importer.infer_architecture(state, image_size=32)
+  module = models.create("ddpmpp", **{k: v for k, v in arch.items() if k != "image_size"})
+  nhwc = lambda a: a.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # noqa: E731
+  flat = lambda a: np.asarray(a).transpose(0, 3, 1, 2).reshape(len(a), -1)  # noqa: E731
+  with jax.enable_x64(True):
+    variables = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64),
+                             ddpmpp_importer.convert_state_dict(state, **arch))
+    x, z, t = jnp.asarray(nhwc(ref["x"])), jnp.asarray(nhwc(ref["noise"])), jnp.asarray(ref["t"])
+    eps_hat = jax.jit(models.score_function(module),
+                      compiler_options={"xla_backend_optimization_level": 0})(variables, x, t)
+    assert eps_hat.dtype == jnp.float64
+    dt = jnp.asarray(ref["dt"]).reshape(-1, 1, 1, 1)
+    for m, (b0, b1) in enumerate(zip(ref["beta_min"], ref["beta_max"])):
+      sde = diffpure.Settings(beta_min=float(b0), beta_max=float(b1)).sde
+      score = sde.score_from_eps(eps_hat, t)
+      # DiffPure's f is the drift in reverse time s = 1 - t: minus the reverse SDE's drift
+      drift = flat(-sde.reverse_drift(x, score, t))
+      step = flat(diffpure.STEPS["sde"](sde, x, eps_hat, t, dt, z))
+      diffusion = np.sqrt(np.asarray(sde.beta(t)))
+      # measured: drift 2e-14, step 1e-16 of their largest entry (the network's rounding,
+      # scaled by beta / std(t)); a 1e-7 change of the step's noise term is 4e-8
+      atol = lambda a: 1e-12 * np.abs(a).max()  # noqa: E731
+      np.testing.assert_allclose(drift, ref["drift"][m], rtol=0, atol=atol(ref["drift"][m]))
+      np.testing.assert_allclose(diffusion, ref["diffusion"][m], rtol=1e-15, atol=0)
+      np.testing.assert_allclose(step, ref["step"][m], rtol=0, atol=atol(ref["step"][m]) / 10)
 
 
 def _gaussian_eps_fn(mu, sigma, sde):
@@ -47,15 +90,24 @@ def _gaussian_eps_fn(mu, sigma, sde):
 
 # The discretisation error is O(dt) for all three; DDPM (posterior variance) and DDIM lose
 # variance faster with big steps (checked in closed form for DDIM: std 0.092 at N = 200 on
-# [0, 1] against 0.1), so they get finer grids here.
-@pytest.mark.parametrize("sampler,num_steps", [("sde", 200), ("ddpm", 2000), ("ddim", 2000)])
-def test_reverse_process_with_the_true_score_returns_the_data_distribution(sampler, num_steps):
-  sde = VPSDE(0.1, 20.0)
+# [0, 1] against 0.1), so they get finer grids here at t* = 1. DiffPure's setting is t* = 0.1,
+# N = 100 (dt = 1e-3; DDPM gets 200 there: at 100 its std is 0.004 low, at the slack's edge);
+# the schedules 0.05 -> 15 and 1 -> 5 change beta(t) over the whole run.
+@pytest.mark.parametrize("sampler,t_star,num_steps,betas", [
+    ("sde", 1.0, 200, (0.1, 20.0)), ("ddpm", 1.0, 2000, (0.1, 20.0)),
+    ("ddim", 1.0, 2000, (0.1, 20.0)), ("sde", 1.0, 200, (0.05, 15.0)),
+    ("sde", 0.1, 100, (0.1, 20.0)), ("ddpm", 0.1, 200, (0.1, 20.0)),
+    ("ddim", 0.1, 100, (0.1, 20.0)), ("sde", 0.1, 100, (0.05, 15.0)),
+    ("sde", 0.1, 100, (1.0, 5.0))])
+def test_reverse_process_with_the_true_score_returns_the_data_distribution(
+    sampler, t_star, num_steps, betas):
+  sde = VPSDE(*betas)
   mu, sigma = 0.2, 0.1  # in [-1, 1]: pixels 0.6 +- 0.05, far from the clipping
   n = 8192
   x = (jnp.asarray(np.random.default_rng(0).normal(mu, sigma, size=(n, 1, 1, 1)),
                    jnp.float32) + 1) / 2
-  s = diffpure.Settings(t_star=1.0, num_steps=num_steps, sampler=sampler)
+  s = diffpure.Settings(t_star=t_star, num_steps=num_steps, sampler=sampler,
+                        beta_min=betas[0], beta_max=betas[1])
   keys = common.restart_keys(common.example_keys(jax.random.key(1), jnp.arange(n)), 1)
   out, trace = jax.jit(lambda x, k: diffpure.purify(_gaussian_eps_fn(mu, sigma, sde), None, x,
                                                     k, s))(x, keys)
@@ -63,9 +115,20 @@ def test_reverse_process_with_the_true_score_returns_the_data_distribution(sampl
   # Monte Carlo: 3 standard errors of the mean and of the std, plus discretisation slack
   assert abs(y.mean() - mu) < 3 * sigma / np.sqrt(n) + 0.004, y.mean()
   assert abs(y.std() - sigma) < 3 * sigma / np.sqrt(2 * n) + 0.004, y.std()
-  # ...and at t* = 1 the diffused input forgot x: it is close to N(0, 1) in [-1, 1] space
+  # ...and it started from the VP marginal at t*, N(sqrt(abar) mu, abar sigma^2 + 1 - abar),
+  # seen through the trace's clipping to [0, 1] pixels (moments by quadrature, float64): at
+  # t* = 1 the input is forgotten, at t* = 0.1 it is not
   start = 2 * np.asarray(trace["iterates"][0, 0]).ravel() - 1
-  assert abs(np.mean(np.abs(start))) > 0.3  # not the data (|y| ~ 0.2), clipped N(0, 1)
+  abar = np.exp(-0.5 * (betas[1] - betas[0]) * t_star ** 2 - betas[0] * t_star)
+  m_t, s_t = np.sqrt(abar) * mu, np.sqrt(abar * sigma ** 2 + 1 - abar)
+  grid = np.linspace(m_t - 12 * s_t, m_t + 12 * s_t, 400001)
+  w = np.exp(-0.5 * ((grid - m_t) / s_t) ** 2)
+  w /= w.sum()
+  clipped = np.clip(grid, -1, 1)
+  want_mean = np.sum(w * clipped)
+  want_std = np.sqrt(np.sum(w * (clipped - want_mean) ** 2))
+  assert abs(start.mean() - want_mean) < 3 * want_std / np.sqrt(n), (start.mean(), want_mean)
+  assert abs(start.std() - want_std) < 3 * want_std / np.sqrt(2 * n), (start.std(), want_std)
 
 
 def eps_tiny(params, x, t):
@@ -95,6 +158,7 @@ def tiny_defense(restarts=2, **settings):
                  restarts=restarts)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("sampler", ["sde", "ddpm", "ddim"])
 def test_exact_gradient_matches_float64_finite_differences(sampler):
   with jax.enable_x64(True):
@@ -123,6 +187,7 @@ def test_batch_is_purified_as_examples_alone():
     np.testing.assert_allclose(batch[:, b], alone[:, 0], atol=1e-6)
 
 
+@pytest.mark.reference
 def test_eight_devices_give_the_one_device_result():
   params, defense = tiny_params(), tiny_defense(restarts=2)
   x = np.random.default_rng(3).uniform(size=(16, 4, 4, 1)).astype(np.float32)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -48,6 +48,7 @@ def _ncsnv2_apply(ngf, channels):
 
 
 # ----------------------------------------------------------------------------- NCSNv2
+@pytest.mark.reference
 @pytest.mark.parametrize("weights", ["raw", "ema"])
 @pytest.mark.parametrize("name, reference, ngf, channels, size", [
     ("ncsnv2_cifar10_ngf16.pth", "ncsnv2_cifar10_ngf16_reference.npz", 16, 3, 32),
@@ -88,6 +89,7 @@ def test_ncsnv2_architecture_is_checked(torch):
 
 
 # ----------------------------------------------------------------------------- WideResNet
+@pytest.mark.reference
 def test_robustbench_wrn_reproduces_original(torch):
   del torch
   ref = np.load(_data("robustbench_wrn16_2_reference.npz"))

@@ -82,6 +82,7 @@ def test_dsm_loss_is_zero_only_for_the_ideal_denoiser_direction():
   assert float(losses.dsm_loss_given_noise(zero, None, x, sigma, z)) == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.reference
 def test_dsm_gradient_matches_finite_differences():
   key = jax.random.key(7)
   with jax.enable_x64(True):

@@ -137,6 +137,7 @@ def test_ncsnv2_forward_digits(digits_vars):
   chex.assert_trees_all_close(_SCORE_FIELD(digits_vars, x, jnp.ones(3)), f)
 
 
+@pytest.mark.reference
 @pytest.mark.slow  # float64 finite differences through the NCSNv2
 def test_energy_head_is_minus_grad_by_finite_differences(digits_vars):
   rng = np.random.default_rng(0)

@@ -241,6 +241,7 @@ def test_langevin_follows_its_formula():
   assert np.asarray(tr["active"]).all()
 
 
+@pytest.mark.reference
 def test_eight_devices_give_the_one_device_result():
   params, x = _params(np.float32), np.random.default_rng(3).uniform(size=(16, 4, 4, 1))
   x = x.astype(np.float32)

@@ -45,6 +45,7 @@ def _small(seed=0, jitter=0.05):
       lambda p: (p + jitter * rng.normal(size=p.shape)).astype(np.float32), params)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("weights", ["model", "ema"])
 def test_original_checkpoint_reproduces_the_original_outputs(weights):
   """The original NCSNpp's state dict loads strictly (its VE buffer `sigmas` apart) and gives
@@ -63,6 +64,7 @@ def test_original_checkpoint_reproduces_the_original_outputs(weights):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.reference
 def test_from_flax_matches_the_flax_module():
   """jaxpure's parameters moved into the PyTorch layout: the same outputs, to float32 rounding
   in float32 and to ~1e-12 in float64."""
@@ -95,6 +97,7 @@ def test_conversion_is_strict():
     td.ddpmpp_from_flax(bad, dict(models.fields(module), image_size=8))
 
 
+@pytest.mark.reference
 @pytest.mark.slow  # ~30 s each, mostly compiling; the gradient test below covers "sde" by default
 @pytest.mark.parametrize("sampler", diffpure.SAMPLERS)
 def test_chain_matches_jaxpure_float64(sampler):
@@ -130,6 +133,7 @@ def test_chain_matches_jaxpure_float64(sampler):
     assert np.max(np.abs(off - want[0])) > 1e-3
 
 
+@pytest.mark.reference
 def test_exact_eot_gradient_matches_jaxpure_float64():
   """The PyTorch EOT gradient through DiffPure (autograd, with and without per-step
   checkpointing) equals jaxpure's `eot.exact_eot_gradient` in float64, for a linear classifier

@@ -34,6 +34,7 @@ def _nchw(x):
   return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), order="C"))
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("shape,ngf,pool", [
     ((8, 8, 1), 4, "max"), pytest.param((16, 16, 3), 4, "avg", marks=pytest.mark.slow)])
 def test_torch_net_matches_flax_net(shape, ngf, pool):
@@ -67,6 +68,7 @@ def test_conversion_is_strict():
     tr.net_from_flax(jax.device_get(bad), 4, 1)
 
 
+@pytest.mark.reference
 @pytest.mark.slow  # float64 purifications in both frameworks
 def test_purifiers_match_jaxpure_float64():
   """Both torch purifiers, given jaxpure's own x0, give jaxpure's purified images (float64,
@@ -145,6 +147,7 @@ def test_bench_energy_head_is_refused(tmp_path):
   assert "'score' head only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name,fields,shape", [
     ("small_cnn", dict(width=4), (8, 8, 1)),
     ("wrn", dict(depth=10, width=1, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)), (8, 8, 3))])

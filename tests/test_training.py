@@ -42,6 +42,7 @@ def _run_steps(kind, config, mesh, split, num_steps):
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("kind,head", [
     # the score variants are slow (CI runs them); the classifier one exercises the same
     # data-parallel train step in the default suite
@@ -88,6 +89,7 @@ def _interrupt_after(n):
   return should_stop
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("kind", [pytest.param("score", marks=pytest.mark.slow), "classifier"])
 def test_resumed_run_is_bit_exact(kind, train_split, tmp_path):
   config = tiny_config()
