@@ -30,7 +30,7 @@ flags.declare_key_flag("show_config")  # listed in the short --help
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run (default runs/<data set>).")
 _ATTACKS = flags.DEFINE_list("attacks", [], "Attacks to run: pgd_clf, bpda_eot, bpda_eot_adp, "
-                             "pgd_eot_full, apgd_eot, pgd_eot_surrogate.")
+                             "pgd_eot_full, apgd_eot, pgd_eot_surrogate, pgd_eot_inloop.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Also run the eps sweep of config.attack.sweep_attack "
                            "(the gradient-masking check: accuracy must reach ~0 at a large eps).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the evaluation (default "

@@ -143,6 +143,9 @@ def get_config():
   # Resubmission robustness (DESIGN §5): the unbiased estimate for M submissions from the N
   # scoring runs (0: M = N).
   ev.resubmissions = 0
+  # The fixed-noise threat model (DESIGN §5): budget_attack's PGD on the defense with its
+  # random draws fixed and known to the attacker; its own report section, never the headline.
+  ev.fixed_noise = False
   ev.grid_examples = 8
   ev.grid_restarts = 3
 
@@ -184,4 +187,9 @@ def get_config():
   # (Lee & Kim 2023); reported as its own attack, not as the defense's exact gradient.
   at.pgd_eot_surrogate = attack(200, 2 / 255, 20)
   at.pgd_eot_surrogate.surrogate_steps = 10
+  # Exact-gradient PGD whose every iterate is scored inside the loop by inloop_runs runs of the
+  # defense (R purifications each, forward only); per example the iterate wrong in the most
+  # runs (DiffHammer's selection, the resubmission threat model).
+  at.pgd_eot_inloop = attack(200, 2 / 255, 20)
+  at.pgd_eot_inloop.inloop_runs = 4
   return config

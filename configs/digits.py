@@ -89,4 +89,6 @@ def get_config():
   # The exact gradient of a 5-step purification (the defense runs 10 ADP steps), at PGD's budget.
   config.attack.pgd_eot_surrogate.update(num_steps=60, step_size=0.04, n_eot=2,
                                          surrogate_steps=5)
+  # The in-loop attack at PGD's budget; each iterate scored by 2 runs of the defense (R = 10).
+  config.attack.pgd_eot_inloop.update(num_steps=60, step_size=0.04, n_eot=2, inloop_runs=2)
   return config

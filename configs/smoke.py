@@ -16,8 +16,9 @@ def get_config():
   config.eval.num_examples = 20
   config.attack.update(sweep_num_steps=2, sweep_n_eot=2, sweep_eps=(0.1, 0.5))
   for name in ("pgd_clf", "bpda_eot", "bpda_eot_adp", "pgd_eot_full", "apgd_eot",
-               "pgd_eot_surrogate"):
+               "pgd_eot_surrogate", "pgd_eot_inloop"):
     config.attack[name].update(num_steps=2, n_eot=2)
+  config.attack.pgd_eot_inloop.inloop_runs = 2
   config.attack.pgd_eot_surrogate.surrogate_steps = 1
   # both losses (their heads switched inside one gradient) and a few decision samples
   config.attack.apgd_eot.update(warm_restarts=0, losses=("ce", "dlr"), decision_samples=2)

@@ -63,7 +63,7 @@ def _check_eval(ev) -> None:
                       "examples), >= 0")
   if not 0 < ev.budget_level < 1:
     raise ConfigError(f"config.eval.budget_level={ev.budget_level}; expected in (0, 1)")
-  pgd_type = [n for n in attacks.ATTACKS if n != "apgd_eot" and not attacks.SPECS[n].blind]
+  pgd_type = [n for n, spec in attacks.SPECS.items() if spec.trajectory and not spec.blind]
   if ev.budget_examples and ev.budget_attack not in pgd_type:
     raise ConfigError(f"config.eval.budget_attack={ev.budget_attack!r}; expected one of "
                       f"{pgd_type} (a fixed-step-size attack on the defense)")

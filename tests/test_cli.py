@@ -237,7 +237,8 @@ def test_automatic_budget_is_searched_on_other_examples_and_sets_the_exact_attac
   config = _tiny_config()
   config.eval.update(budget="auto", budget_examples=16, max_gradients_per_image=16)
   lines = []
-  report = evaluation.evaluate(config, str(workdir), ["pgd_eot_full", "apgd_eot"], 8,
+  report = evaluation.evaluate(config, str(workdir), ["pgd_eot_full", "apgd_eot",
+                                                     "pgd_eot_inloop"], 8,
                                print_fn=lines.append, output_dir=str(tmp_path / "auto"))
   search = report["budget_search"]
   assert search["examples"] == {"first": 8, "count": 16}
@@ -254,12 +255,18 @@ def test_automatic_budget_is_searched_on_other_examples_and_sets_the_exact_attac
           settings["pgd_eot_full"]["settings"]["n_eot"]) == (chosen["num_steps"],
                                                              chosen["n_eot"])
   assert settings["apgd_eot"]["settings"]["num_steps"] == chosen["num_steps"] - 1
+  assert settings["pgd_eot_inloop"]["settings"]["num_steps"] == chosen["num_steps"]
+  # the headline covers every attack, the in-loop one included
+  assert report["robust_accuracy_worst_case"] <= min(report["robust_accuracy"].values())
   assert sum(l.startswith("[eval] budget ") for l in lines) == 2  # after the search, at the end
   assert any(f"budget {search['status']} at" in l for l in lines)
-  config.eval.budget = "fixed"
+  config.eval.update(budget="fixed", fixed_noise=True)
   fixed = evaluation.evaluate(config, str(workdir), ["pgd_eot_full"], 8, print_fn=lines.append,
                               output_dir=str(tmp_path / "fixed"))
   assert fixed["budget_search"] is None and fixed["budget_status"] == "fixed"
+  section = fixed["fixed_noise"]  # its own section, not among the attacks or the headline
+  assert 0 <= section["robust_accuracy"] <= 1 and "fixed" in section["threat_model"]
+  assert set(fixed["robust_accuracy"]) == {"pgd_eot_full"}
   assert fixed["attacks"]["pgd_eot_full"]["settings"]["num_steps"] == 2
   assert "convergence not checked" in lines[-1]
 

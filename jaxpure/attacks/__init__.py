@@ -21,6 +21,9 @@ driven by a step rule (`pgd.py`, `apgd.py`):
                 forward-only decision samples for its noisy decisions
   pgd_eot_surrogate  PGD with exact gradients through a shorter purification (surrogate_steps
                 steps), scored on the full defense (Lee & Kim 2023's surrogate process)
+  pgd_eot_inloop  PGD with exact EOT gradients whose every iterate is scored inside the loop
+                by inloop_runs runs of the defense; per example the iterate wrong in the most
+                runs (DiffHammer's selection, for the resubmission threat model)
 
 The attacks through the purifier can add a DiffAttack-style deviation loss
 (`eot.deviation`, settings.deviation_weight).
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 
 from jaxpure import parallel
 from jaxpure.attacks import apgd as apgd_lib
-from jaxpure.attacks import eot, losses as losses_lib, pgd as pgd_lib
+from jaxpure.attacks import eot, inloop, losses as losses_lib, pgd as pgd_lib
 from jaxpure.attacks.common import (AttackSettings, fold, per_example_keys, project,
                                     random_start)
 from jaxpure.defense import Defense
@@ -49,12 +52,15 @@ class AttackSpec:
   the undefended baseline (its points are scored on the bare classifier too);
   through_purifier: differentiates a purification (the defense's or a surrogate's), so the
   deviation loss and EOT chunking apply; start_gradient: evaluates the gradient at its start
-  point too (APGD), so num_steps + 1 gradients per run."""
+  point too (APGD), so num_steps + 1 gradients per run; trajectory: a fixed-step-size attack
+  returning its last iterate, so its k-step run is the k-th point of a longer run's
+  trajectory (`attack_trajectory`: budget curves and the budget search)."""
   name: str
   exact_gradient: bool = False
   blind: bool = False
   through_purifier: bool = False
   start_gradient: bool = False
+  trajectory: bool = True
 
 
 SPECS = {s.name: s for s in (
@@ -62,9 +68,11 @@ SPECS = {s.name: s for s in (
     AttackSpec("bpda_eot"),
     AttackSpec("bpda_eot_adp"),
     AttackSpec("pgd_eot_full", exact_gradient=True, through_purifier=True),
-    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True, start_gradient=True),
+    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True, start_gradient=True,
+               trajectory=False),
     # exact gradient of a shorter purification (settings.surrogate_steps): not the defense's
     AttackSpec("pgd_eot_surrogate", through_purifier=True),
+    AttackSpec("pgd_eot_inloop", exact_gradient=True, through_purifier=True, trajectory=False),
 )}
 ATTACKS = tuple(SPECS)
 EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
@@ -96,7 +104,7 @@ def _estimator(name: str, defense: Defense, s: AttackSettings, x_clean=None):
     return eot.bpda_eot_gradient(defense, s.loss, s.n_eot)
   if name == "bpda_eot_adp":
     return eot.bpda_eot_adp_direction(defense, s.loss, s.n_eot)
-  if name == "pgd_eot_full":
+  if name in ("pgd_eot_full", "pgd_eot_inloop"):
     return eot.exact_eot_gradient(defense, s.loss, s.n_eot, s.eot_chunk, s.deviation_weight,
                                   x_clean)
   if name == "pgd_eot_surrogate":
@@ -123,6 +131,8 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
     candidates = runs * (2 if s.final_candidate else 1)
     choice = candidates * restarts if candidates > 1 else 0  # one candidate: no choice
     return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
+  if name == "pgd_eot_inloop":  # each iterate also scored by the defense's runs
+    return s.num_steps * (per_gradient + s.inloop_runs * restarts)
   return s.num_steps * per_gradient
 
 
@@ -149,6 +159,11 @@ def attack_function(name: str, defense: Defense, s: AttackSettings):
   if name == "apgd_eot":
     return _apgd_runs(defense, s)
   _check(name, s, defense)
+  if name == "pgd_eot_inloop":
+    score = eot.defense_runs(defense, s.loss, s.inloop_runs)
+    return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: (
+        inloop.pgd_inloop(_estimator(name, defense, s, x), score, params, keys, x, y, s, eps,
+                          step_size, num_steps))
   return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: pgd_lib.pgd(
       _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size,
       num_steps=num_steps)
@@ -158,9 +173,9 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
   """`fn(params, keys, x, y)` -> [len(record), B, H, W, C]: the points of a PGD-type attack
   `name` after k steps for each k in `record`, from one run (what k-step runs with the same keys
   return; `pgd_lib.pgd`). Not for APGD, whose step sizes depend on its total budget."""
-  if name == "apgd_eot":
-    raise ConfigError("budget curves need a fixed-step-size attack; apgd_eot's schedule "
-                      "depends on its total number of steps")
+  if not SPECS[name].trajectory:
+    raise ConfigError(f"budget curves need a fixed-step-size attack whose k-step run is its "
+                      f"trajectory's k-th point; {name} is not one")
   _check(name, s, defense)
   return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
                                                 x, y, s, record=record)

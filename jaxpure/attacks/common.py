@@ -33,7 +33,9 @@ class AttackSettings:
   surrogate_steps: pgd_eot_surrogate only: the purifier steps its gradient goes through (the
   defense that scores the points keeps its own; Lee & Kim 2023's surrogate process).
   deviation_weight: exact-gradient attacks: adds this weight times a DiffAttack-style
-  deviation loss to the classification loss (`eot.deviation`); 0: none."""
+  deviation loss to the classification loss (`eot.deviation`); 0: none.
+  inloop_runs: pgd_eot_inloop only: N, the runs of the defense (R purifications each, forward
+  only) that score every iterate inside the loop (DiffHammer's selection)."""
   norm: str = "linf"
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -48,6 +50,7 @@ class AttackSettings:
   final_candidate: bool = False
   surrogate_steps: int = 0
   deviation_weight: float = 0.0
+  inloop_runs: int = 4
 
   def __post_init__(self):
     problems = []
@@ -72,6 +75,8 @@ class AttackSettings:
       problems.append(f"decision_samples={self.decision_samples} (expected >= 0)")
     if self.surrogate_steps < 0:
       problems.append(f"surrogate_steps={self.surrogate_steps} (expected >= 0)")
+    if self.inloop_runs < 1:
+      problems.append(f"inloop_runs={self.inloop_runs} (expected >= 1)")
     if not self.deviation_weight >= 0:
       problems.append(f"deviation_weight={self.deviation_weight} (expected >= 0)")
     if problems:

@@ -93,6 +93,42 @@ def eot_loss(defense: Defense, loss: str | Callable, n: int):
   return fn
 
 
+def defense_runs(defense: Defense, loss: str | Callable, runs: int):
+  """Forward only: `fn(params, keys, x, y)` -> (wrong [B] int32: of `runs` independent runs of
+  the defense (each `defense.restarts` purifications drawn from keys, mean-softmax read-out),
+  how many misclassify; the loss [B] of the runs' mean softmax, log-probabilities as logits).
+  The in-loop attack's scoring (`inloop.pgd_inloop`)."""
+  loss_fn = losses_lib.resolve(loss)
+
+  def fn(params, keys, x, y):
+    r = defense.restarts
+    logits = defense.logits(params, jax.lax.stop_gradient(x), keys, runs * r)  # [N R, B, K]
+    probs = jnp.mean(jax.nn.softmax(logits.reshape((runs, r) + logits.shape[1:]), -1), 1)
+    wrong = jnp.sum(jnp.argmax(probs, -1) != y, 0).astype(jnp.int32)
+    return wrong, loss_fn(jnp.log(jnp.mean(probs, 0) + 1e-30), y)
+  return fn
+
+
+def fixed_noise_gradient(defense: Defense, loss: str | Callable, restart_keys):
+  """The fixed-noise (white-box randomness) threat model's estimator: the defense's random
+  draws are fixed and known, so the attacked function is deterministic: x -> the mean softmax
+  of its R purifications drawn from restart_keys [R, B] (the keys the defense will score
+  with). Returns `estimator(params, keys, x, y) -> (loss [B], exact gradient)`, the loss of
+  the mean softmax (log-probabilities as logits); the keys it is given are ignored."""
+  loss_fn = losses_lib.resolve(loss)
+
+  def estimator(params, keys, x, y):
+    del keys  # the noise is fixed
+
+    def mean_loss(x):
+      purified, _ = defense.purify_with_restart_keys(params, x, restart_keys)
+      probs = jnp.mean(jax.nn.softmax(defense.classify(params, purified), -1), 0)
+      return loss_fn(jnp.log(probs + 1e-30), y)
+    l, vjp = jax.vjp(mean_loss, x)
+    return l, vjp(jnp.ones_like(l))[0]
+  return estimator
+
+
 def _bpda_per_sample(defense: Defense, loss_fn, params, keys, x, y, n_eot):
   """Per-EOT-sample losses [n, B] and gradients [n, B, ...] of the classifier at the purified
   points: the purifier's Jacobian is taken as the identity (BPDA)."""

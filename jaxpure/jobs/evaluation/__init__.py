@@ -19,7 +19,8 @@ from jaxpure import config_checks
 from jaxpure.defense import READOUTS, Defense
 from jaxpure.errors import ConfigError, WorkdirError
 from jaxpure.jobs import loading
-from jaxpure.jobs.evaluation import budget as budget_lib, pictures, report as report_lib
+from jaxpure.jobs.evaluation import budget as budget_lib, fixed_noise as fixed_noise_lib
+from jaxpure.jobs.evaluation import pictures, report as report_lib
 from jaxpure.jobs.evaluation import store as store_lib
 from jaxpure.jobs.evaluation import units as units_lib
 from jaxpure.jobs.evaluation.units import concat
@@ -188,7 +189,13 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
       budget_name, a_settings[budget_name], defense, attack_key, eval_key,
       config.attack.batch_size, config.attack.seed, config.eval.budget_examples, scoring_runs)
                  if config.eval.budget_examples and budget_name in attack_names else None)
+  fixed_settings = (a_settings.get(budget_name) or attack_settings(config, budget_name)
+                    if config.eval.fixed_noise and attack_names else None)
+  fixed_unit = (fixed_noise_lib.unit(fixed_settings, defense, attack_key, eval_key,
+                                     config.attack.batch_size, config.attack.seed)
+                if fixed_settings else None)
   runner.plan([clean_unit, *attack_units.values(), *([budget_unit] if budget_unit else []),
+               *([fixed_unit] if fixed_unit else []),
                *(u for rows in sweep_units.values() for _, u in rows)])
 
   clean = runner.run(clean_unit)
@@ -215,6 +222,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
         budget_unit.signature["n_eot"], concat(res, "steps_correct"), concat(res, "eot_correct"))
   swept = {name: [(eps, run_attack(unit)) for eps, unit in rows]
            for name, rows in sweep_units.items()}
+  fixed = (fixed_noise_lib.section(fixed_settings, runner.run(fixed_unit)) if fixed_unit
+           else None)
 
   # ---- report
   robust = {name: float(attacked[name]["defended"].mean()) for name in attack_names}
@@ -247,6 +256,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
       "budget_search": searched,
       "budget_status": searched["status"] if searched else "fixed",
       "budget_curves": budget,
+      "fixed_noise": fixed,
       "eps_sweep": {name: [{"eps": eps, "defended_accuracy": float(r["defended"].mean()),
                             "bare_accuracy": float(r["bare"].mean())} for eps, r in rows]
                     for name, rows in swept.items()},
@@ -268,6 +278,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
       {"shared": shared, "attacks": {k: dataclasses.asdict(s) for k, s in a_settings.items()},
        "sweep": sweep_eps, "attack_seed": config.attack.seed,
        **({"budget_search": searched["examples"]} if searched else {}),
+       **({"fixed_noise": fixed_unit.signature} if fixed_unit else {}),
        **({"budget": budget_unit.signature} if budget_unit else {})})
   path = os.path.join(out_dir, "report.json")
   if is_writer:
