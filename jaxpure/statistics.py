@@ -28,13 +28,14 @@ def paired_budget_test(correct_small: np.ndarray, correct_large: np.ndarray,
   breaks more examples than the smaller", on the same examples.
 
   correct_small, correct_large: [runs, n] (or [n]) bool, example i scored by the same runs at
-  both budgets. Per example, d_i = (runs correct at the smaller budget) - (runs correct at the
-  larger); a = #{d_i > 0} (examples the larger budget broke more), c = #{d_i < 0} (the
-  reverse), ties dropped. p = P(X >= a) for X ~ Binomial(a + c, 1/2). Returns {"broken_more":
-  a, "broken_fewer": c, "p_value": p, "level": level, "still_helps": p < level}."""
-  small = np.asarray(correct_small, bool).reshape(-1, np.shape(correct_small)[-1])
-  large = np.asarray(correct_large, bool).reshape(small.shape)
-  d = small.sum(0).astype(int) - large.sum(0).astype(int)
+  both budgets (or [n] fractions of runs correct). Per example, d_i = (runs correct at the
+  smaller budget) - (runs correct at the larger); a = #{d_i > 0} (examples the larger budget
+  broke more), c = #{d_i < 0} (the reverse), ties dropped. p = P(X >= a) for
+  X ~ Binomial(a + c, 1/2). Returns {"broken_more": a, "broken_fewer": c, "p_value": p,
+  "level": level, "still_helps": p < level}."""
+  small = np.asarray(correct_small, float).reshape(-1, np.shape(correct_small)[-1])
+  large = np.asarray(correct_large, float).reshape(small.shape)
+  d = small.sum(0) - large.sum(0)
   a, c = int((d > 0).sum()), int((d < 0).sum())
   p = float(stats.binomtest(a, a + c, 0.5, alternative="greater").pvalue) if a + c else 1.0
   return {"broken_more": a, "broken_fewer": c, "p_value": p, "level": level,

@@ -182,3 +182,13 @@ def test_resubmission_estimate_by_hand_and_unbiased_on_a_toy_defense():
   assert scores["resubmission"]["submissions"] == 3
   assert scores["resubmission"]["accuracy"] == pytest.approx(
       statistics.resubmission_robustness(runs[:, :100], 3))
+
+
+def test_a_search_stopped_by_its_cap_makes_the_report_suspect():
+  base = {"eps_sweep": {}, "robust_accuracy": {}, "robust_accuracy_standard_error": {}}
+  capped = budget.search("pgd_eot_full", _settings(), 80,
+                         _toy(list(np.linspace(21, 80, 30)) + [10**9] * 30))
+  (why,) = report.suspect_reasons(dict(base, budget_search=capped), "pgd_eot_full")
+  assert "cap" in why and "80" in why
+  converged = budget.search("pgd_eot_full", _settings(), 10**6, _toy([5] * 60))
+  assert report.suspect_reasons(dict(base, budget_search=converged), "pgd_eot_full") == []

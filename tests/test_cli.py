@@ -290,6 +290,39 @@ def _assert_worst_case_is_the_stored_runs(report, eval_dir, attacks):
       name: int((r.mean(0) < 0.5).sum()) for name, r in runs.items()}
 
 
+@pytest.mark.slow  # three evaluations with exact-gradient attacks
+def test_budget_doubling_check_reruns_the_chosen_budget_and_twice_it(trained_workdir, tmp_path):
+  """benchmarks/budget_doubling.py: at the chosen budget it reproduces the evaluation's own
+  worst case (same examples and keys), and its paired test is that of the two reports'
+  per-example worst cases."""
+  from benchmarks import budget_doubling
+  from jaxpure import statistics
+  from jaxpure.jobs import evaluation
+  workdir, _ = trained_workdir
+  config = _tiny_config()
+  config.eval.update(budget="auto", budget_examples=8, max_gradients_per_image=8)
+  attacks = ["pgd_clf", "pgd_eot_full"]
+  report = evaluation.evaluate(config, str(workdir), attacks, 8, print_fn=lambda s: None,
+                               output_dir=str(tmp_path / "eval"))
+  steps, n_eot = budget_doubling.budgets(report)
+  assert (steps, n_eot) == (report["budget_search"]["chosen"]["num_steps"],
+                            report["budget_search"]["chosen"]["n_eot"])
+  out = tmp_path / "check"
+  assert budget_doubling.main(["--config", SMOKE, "--workdir", str(workdir), "--report",
+                               str(tmp_path / "eval" / "report.json"), "--num_examples", "8",
+                               "--output", str(out)]) == 0
+  result = json.loads((out / "budget_doubling.json").read_text())
+  assert result["chosen_budget"] == [steps, n_eot] and result["doubled_budget"] == [2 * steps,
+                                                                                     n_eot]
+  assert result["worst_case_chosen"] == pytest.approx(report["robust_accuracy_worst_case"])
+  doubled = json.loads((out / "doubled" / "report.json").read_text())
+  assert doubled["attacks"]["pgd_eot_full"]["settings"]["num_steps"] == 2 * steps
+  test = statistics.paired_budget_test(report["worst_case"]["per_example"],
+                                       doubled["worst_case"]["per_example"])
+  assert (result["broken_more"], result["broken_fewer"]) == (test["broken_more"],
+                                                             test["broken_fewer"])
+
+
 @pytest.mark.slow  # four attacks and a sweep: the heaviest default test (CI runs it with -m slow)
 def test_interrupted_evaluation_resumes_to_the_same_report(trained_workdir, tmp_path):
   import shutil

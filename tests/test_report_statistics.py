@@ -73,13 +73,15 @@ def test_worst_case_against_hand_computed_values():
   assert got["broken_by"] == {"a": 1, "b": 2, "c": 1}  # ties are not broken
   # example 1 is broken by a and b both; 3 only by b, 4 only by c
   assert got["broken_only_by"] == {"a": 0, "b": 1, "c": 1}
+  assert got["per_example"] == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_worst_case_of_nothing_and_of_one_example():
-  assert report.worst_case({}) == {"accuracy": None, "standard_error": None, "broken_by": {},
-                                   "broken_only_by": {}}
+  assert report.worst_case({}) == {"accuracy": None, "standard_error": None,
+                                   "per_example": [], "broken_by": {}, "broken_only_by": {}}
   got = report.worst_case({"a": np.array([[T], [T]]), "b": np.array([[T], [F]])})
   assert got["accuracy"] == 0.5 and got["standard_error"] == 0.0
+  assert got["per_example"] == [0.5]
   assert got["broken_by"] == {"a": 0, "b": 0} and got["broken_only_by"] == {"a": 0, "b": 0}
 
 
@@ -129,7 +131,7 @@ def test_accuracy_left_at_the_largest_eps_is_suspect():
 
 def test_a_non_exact_attack_beating_the_best_exact_one_is_suspect():
   exact = attacks_lib.EXACT_GRADIENT_ATTACKS
-  assert set(exact) == {"pgd_eot_full", "apgd_eot"}
+  assert set(exact) == {"pgd_eot_full", "apgd_eot", "pgd_eot_inloop"}
   assert "bpda_eot" not in exact and "pgd_eot_surrogate" not in exact
   robust = {"pgd_eot_full": 0.40, "apgd_eot": 0.35, "bpda_eot": 0.29, "pgd_eot_surrogate": 0.32}
   se = {"pgd_eot_full": 0.01, "apgd_eot": 0.05, "bpda_eot": 0.005, "pgd_eot_surrogate": 0.005}

@@ -39,10 +39,12 @@ def run_scores(runs: np.ndarray, resubmissions: int = 0) -> dict:
 def worst_case(runs_by_attack: dict) -> dict:
   """AutoAttack's union: per example and run, robust only if the defense is right at every
   attack's point; runs_by_attack {attack: [N, n] bool}. Returns the accuracy (mean over runs
-  and examples), its standard error over examples, and per attack how many examples it broke
-  (in a majority of runs) and how many only it broke."""
+  and examples), its standard error over examples, per example the fraction of runs robust
+  (to pair evaluations example by example: `statistics.paired_budget_test`), and per attack
+  how many examples it broke (in a majority of runs) and how many only it broke."""
   if not runs_by_attack:
-    return {"accuracy": None, "standard_error": None, "broken_by": {}, "broken_only_by": {}}
+    return {"accuracy": None, "standard_error": None, "per_example": [], "broken_by": {},
+            "broken_only_by": {}}
   stacked = np.stack(list(runs_by_attack.values()))  # [A, N, n]
   union = stacked.all(0)  # [N, n]
   per_example = union.mean(0)
@@ -51,6 +53,7 @@ def worst_case(runs_by_attack: dict) -> dict:
   names = list(runs_by_attack)
   return {"accuracy": float(per_example.mean()),
           "standard_error": statistics.standard_error_over_examples(per_example),
+          "per_example": [float(v) for v in per_example],
           "broken_by": {a: int(broken[i].sum()) for i, a in enumerate(names)},
           "broken_only_by": {a: int((broken[i] & (broken.sum(0) == 1)).sum())
                              for i, a in enumerate(names)}}
@@ -115,14 +118,19 @@ def step_scalar_summary(values: np.ndarray, mask: np.ndarray) -> list[dict]:
 
 
 def suspect_reasons(report: dict, sweep_attack: str) -> list[str]:
-  """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, an attack whose
-  budget curves still fall (`not_converged`), or an attack beating the exact-gradient ones by
-  more than one standard error."""
+  """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, a budget search
+  that stopped at its cap, an attack whose budget curves still fall (`not_converged`), or an
+  attack beating the exact-gradient ones by more than one standard error."""
   reasons = []
   rows = report["eps_sweep"].get(sweep_attack)
   if rows and rows[-1]["defended_accuracy"] > 0.10:
     reasons.append(f"{sweep_attack} leaves {rows[-1]['defended_accuracy']:.3f} accuracy at the "
                    f"largest eps {rows[-1]['eps']:.4f} (expected <= 0.10): gradient masking?")
+  search = report.get("budget_search")
+  if search and search["status"] != "converged":
+    reasons.append(f"the attack budget search stopped at its cap ({search['status']}): "
+                   f"{search['chosen']['gradients_per_image']} gradient samples per image, "
+                   f"max_gradients_per_image {search['max_gradients_per_image']}")
   budget = report.get("budget_curves")
   if budget and not budget["converged"]:
     reasons += [f"not converged in attack budget: {why}"

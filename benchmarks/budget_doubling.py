@@ -1,0 +1,98 @@
+"""Checks an evaluation's chosen attack budget after the fact: the same evaluation at the
+chosen budget and at twice it (every exact-gradient attack's steps doubled), on the first N
+reported examples, and the paired test of the worst case over attacks between them.
+
+  python benchmarks/budget_doubling.py --config configs/digits.py --workdir runs/digits \
+      --report runs/digits/eval/report.json --num_examples 64 --output runs/budget_check
+
+--report: the evaluation whose chosen budget (its budget_search, or its attacks' settings) is
+checked; both evaluations run with config.eval.budget = "fixed" on its attacks. Prints both
+worst cases and the one-sided paired sign test (jaxpure.statistics.paired_budget_test) of
+"twice the budget breaks more examples"; writes the two reports under --output.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def budgets(report: dict) -> tuple[int, int]:
+  """(num_steps, n_eot) of PGD-type exact-gradient attacks at the report's chosen budget."""
+  if report.get("budget_search"):
+    chosen = report["budget_search"]["chosen"]
+    return chosen["num_steps"], chosen["n_eot"]
+  settings = report["attacks"]["pgd_eot_full"]["settings"]
+  return settings["num_steps"], settings["n_eot"]
+
+
+def run(config, workdir: str, attacks: list[str], num_examples: int, steps: int, n_eot: int,
+        output: str, print_fn=print) -> dict:
+  """The evaluation of `attacks` on the first num_examples examples with every exact-gradient
+  attack at steps x n_eot (fixed budget), written to `output`; returns its report."""
+  from jaxpure import attacks as attacks_lib
+  from jaxpure.jobs import evaluation
+  config = config.copy_and_resolve_references()
+  config.eval.budget = "fixed"
+  for name in attacks:
+    if attacks_lib.SPECS[name].exact_gradient:
+      s = attacks_lib.with_gradient_budget(name, evaluation.attack_settings(config, name), steps,
+                                           n_eot)
+      config.attack[name].update(num_steps=s.num_steps, n_eot=s.n_eot)
+  return evaluation.evaluate(config, workdir, attacks, num_examples, output_dir=output,
+                             print_fn=print_fn)
+
+
+def compare(chosen: dict, doubled: dict, level: float) -> dict:
+  """The paired test of the worst case over attacks, example by example."""
+  from jaxpure import statistics
+  test = statistics.paired_budget_test(chosen["worst_case"]["per_example"],
+                                       doubled["worst_case"]["per_example"], level)
+  return {"worst_case_chosen": chosen["robust_accuracy_worst_case"],
+          "worst_case_doubled": doubled["robust_accuracy_worst_case"],
+          "standard_error_doubled": doubled["robust_accuracy_worst_case_standard_error"],
+          **test}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--report", required=True)
+  parser.add_argument("--num_examples", type=int, default=64)
+  parser.add_argument("--output", required=True)
+  parser.add_argument("--level", type=float, default=None)
+  args = parser.parse_args(argv)
+  try:
+    with open(args.report) as f:
+      reference = json.load(f)
+    from benchmarks.bench_purify import load_config
+    config = load_config(args.config)
+    attacks = list(reference["robust_accuracy"])
+    steps, n_eot = budgets(reference)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  level = args.level if args.level is not None else config.eval.budget_level
+  quiet = lambda s: None  # noqa: E731
+  chosen = run(config, args.workdir, attacks, args.num_examples, steps, n_eot,
+               os.path.join(args.output, "chosen"), quiet)
+  doubled = run(config, args.workdir, attacks, args.num_examples, 2 * steps, n_eot,
+                os.path.join(args.output, "doubled"), quiet)
+  result = dict(compare(chosen, doubled, level), attacks=attacks, num_examples=args.num_examples,
+                chosen_budget=[steps, n_eot], doubled_budget=[2 * steps, n_eot])
+  print(f"worst case over {', '.join(attacks)} on the first {args.num_examples} examples: "
+        f"{result['worst_case_chosen']:.4f} at {steps} steps x EOT {n_eot}, "
+        f"{result['worst_case_doubled']:.4f} at {2 * steps} steps x EOT {n_eot}")
+  print(f"paired sign test: {result['broken_more']} examples broken more, "
+        f"{result['broken_fewer']} fewer at twice the budget; one-sided p = "
+        f"{result['p_value']:.3g} ({'still helps' if result['still_helps'] else 'no more than the test allows'} at {level})")
+  with open(os.path.join(args.output, "budget_doubling.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
