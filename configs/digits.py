@@ -47,6 +47,9 @@ def get_config():
   # Purification: ADP's own defaults (sigma_n 0.25, lambda 0.05, T 10, R 10, tau 1e-3) from
   # configs/default.py work on digits unchanged (defended clean accuracy ~0.98).
   config.eval.batch_size = 100
+  # The reported digits are the first 256 test digits; the automatic budget search runs on the
+  # next 64 (256-319), disjoint from them.
+  config.eval.num_examples = 256
   # Every attacked point is scored by 5 independent runs of the defense (R = 10 each): the
   # report gives the mean over runs, the all-runs worst case and the majority vote.
   config.eval.scoring_runs = 5
