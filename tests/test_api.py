@@ -246,9 +246,16 @@ def test_load_config_overrides_and_one_line_errors(tmp_path):
 def test_configs_load_and_check_from_any_working_directory(tmp_path):
   """An installed copy of the package (built here into a folder, no repository on the path)
   loads and checks config files from a working directory outside the repository."""
-  target = tmp_path / "site"
+  import shutil
+  source, target = tmp_path / "source", tmp_path / "site"
+  source.mkdir()
+  for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), source / name)
+  for name in ("jaxpure", "configs"):
+    shutil.copytree(os.path.join(REPO, name), source / name)
   proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                         "--no-build-isolation", "--no-index", "--target", str(target), REPO],
+                         "--no-build-isolation", "--no-index", "--target", str(target),
+                         str(source)],
                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   (tmp_path / "mine.py").write_text(
