@@ -1,7 +1,7 @@
-"""A PyTorch reference of diffusion purification (DiffPure on the VP-SDE, DESIGN §1), for timing
+"""A PyTorch reference of diffusion purification (DiffPure on the VP-SDE, docs/design.md#1-the-method), for timing
 and cross-checking jaxpure's exact gradient through it.
 
-Written here from DESIGN §1, the Score SDE paper's VP-SDE and jaxpure's layer definitions, not
+Written here from docs/design.md#1-the-method, the Score SDE paper's VP-SDE and jaxpure's layer definitions, not
 copied from any public code base.
 
 - `TorchDDPMpp`: the DDPM++ noise-prediction network (`jaxpure.models.ddpmpp.DDPMpp`) in NCHW,

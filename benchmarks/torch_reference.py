@@ -1,6 +1,6 @@
-"""A PyTorch reference of ADP purification (DESIGN §1), for timing and cross-checking jaxpure.
+"""A PyTorch reference of ADP purification (docs/design.md#1-the-method), for timing and cross-checking jaxpure.
 
-Written here from DESIGN §1 and from jaxpure's layer definitions, not copied from any public
+Written here from docs/design.md#1-the-method and from jaxpure's layer definitions, not copied from any public
 code base. Two purifiers run the same network:
 
 - `purify_official_loop`: structured like ADP's official code: a Python loop over the R
@@ -430,7 +430,7 @@ class SettingsLike:
 
 @dataclasses.dataclass(frozen=True)
 class AdpSettings(SettingsLike):
-  """ADP's step settings (DESIGN §1; same meaning as jaxpure.purifiers.adp.Settings)."""
+  """ADP's step settings (docs/design.md#1-the-method; same meaning as jaxpure.purifiers.adp.Settings)."""
   max_iter: int
   lam: float
   delta: float

@@ -1,4 +1,4 @@
-"""Shared defaults for every jaxpure config (NCSNv2 / ADP values of DESIGN §1).
+"""Shared defaults for every jaxpure config (NCSNv2 / ADP values of docs/design.md#1-the-method).
 
 Data-set configs (`digits.py`, `mnist.py`, `cifar10.py`) start from `get_config()` here
 and change only what differs. Pixels are in [0, 1] everywhere.
@@ -96,7 +96,7 @@ def get_config():
 
   # One section per purifier family; keys are the family's Settings fields.
   config.purifiers = ml_collections.ConfigDict()
-  config.purifiers.adp = adp = ml_collections.ConfigDict()  # ADP defaults (DESIGN §1)
+  config.purifiers.adp = adp = ml_collections.ConfigDict()  # ADP defaults (docs/design.md#1-the-method)
   adp.sigma_n = 0.25
   adp.noise = "gaussian"  # "gaussian" or "binary"
   adp.method = "adp"  # "adp", "gd" or "langevin"
@@ -109,7 +109,7 @@ def get_config():
   adp.step_size = 1e-2  # gd / langevin
   adp.sigma_p = 0.25  # langevin
   adp.remat = True  # jax.checkpoint each step: memory flat in T under jax.grad
-  # DiffPure (DESIGN §1): needs a time-conditioned network (score.model = "ddpmpp").
+  # DiffPure (docs/design.md#1-the-method): needs a time-conditioned network (score.model = "ddpmpp").
   config.purifiers.diffpure = dp = ml_collections.ConfigDict()
   dp.t_star = 0.1  # diffusion time t*
   dp.num_steps = 100  # reverse steps N (dt = t* / N = 1e-3)
@@ -140,7 +140,7 @@ def get_config():
   ev.budget_first_example = -1
   ev.max_gradients_per_image = 8000
   ev.budget_level = 0.05
-  # Resubmission robustness (DESIGN §5): the unbiased estimate for M submissions from the N
+  # Resubmission robustness (docs/design.md#5-scoring-randomized-defenses): the unbiased estimate for M submissions from the N
   # scoring runs (0: M = N).
   ev.resubmissions = 0
   # The fixed-noise threat model (DESIGN §5): budget_attack's PGD on the defense with its
@@ -170,7 +170,7 @@ def get_config():
                                           n_eot=n_eot, loss=loss))
 
   at.pgd_clf = attack(40, 2 / 255, 1)  # preprocessor-blind PGD on the bare classifier
-  at.bpda_eot = attack(40, 2 / 255, 15)  # ADP's BPDA+EOT budget (DESIGN §1)
+  at.bpda_eot = attack(40, 2 / 255, 15)  # ADP's BPDA+EOT budget (docs/design.md#1-the-method)
   at.bpda_eot_adp = attack(40, 2 / 255, 15)
   at.pgd_eot_full = attack(200, 2 / 255, 20)  # Lee & Kim 2023 style
   at.apgd_eot = attack(100, 2 / 255, 20)  # step_size unused: APGD starts at 2 eps

@@ -1,7 +1,7 @@
 """The offline default: scikit-learn's 8x8 digits through our own TFDS builder (no network).
 
 Sized to train both models in a few minutes on 2 CPU cores: a narrow NCSNv2 (ngf below),
-the small-data noise schedule of DESIGN §1 (sigma 1 -> 0.01, 10 levels), and a small CNN.
+the small-data noise schedule of docs/design.md#1-the-method (sigma 1 -> 0.01, 10 levels), and a small CNN.
 """
 
 from configs import default
@@ -74,7 +74,7 @@ def get_config():
   # On digits more steps beat more EOT samples for the exact-gradient PGD (measured on 64
   # test digits: 40 steps x 2 EOT 0.16, 20 x 4 0.22, 10 x 8 0.33 robust accuracy). Budget
   # chosen on the held-out test digits 256-359 (104; the README reports digits 0-255) so that
-  # the budget curve converges (DESIGN §3: no drop above one s.e. over the last doubling):
+  # the budget curve converges (then the rule: no drop above one s.e. over the last doubling):
   # step 0.02: 5/10/20/40/80 steps 0.827/0.588/0.321/0.219/0.206; step 0.04: 7/15/30/60 steps
   # 0.444/0.269/0.238/0.215 (s.e. 0.040): 60 x 0.04 reaches 80 x 0.02's accuracy at 3/4 of
   # its cost, its last doubling dropping 0.023.

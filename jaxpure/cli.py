@@ -157,8 +157,8 @@ def _unknown_override(argv, missing: str) -> str:
       continue
     where = path[:path.index(missing)]
     try:
-      from configs import default
-      section = default.get_config()
+      from jaxpure import configuration
+      section = configuration.schema()
       for key in where:
         section = section[key]
       known = list(section.keys())
@@ -181,7 +181,7 @@ def define_show_config_flag():
 
 
 def checked_config(config):
-  """The config from --config, checked against configs/default.py's keys, types and ranges.
+  """The config from --config, checked against the schema (`configuration.check`).
 
   With --show_config it prints the config and exits 0.
   """
@@ -198,10 +198,9 @@ def checked_config(config):
       fail(f"get_config() of the --config file {path} returned {got}; expected an "
            "ml_collections.ConfigDict")
     fail(f"cannot load the --config file: {' '.join(str(e).split())}")
-  from configs import default  # the CLIs run from the repository root
-  from jaxpure import config_checks
+  from jaxpure import configuration
   with user_errors_exit():
-    config_checks.check_config(config, default.get_config())
+    configuration.check(config)
   if "show_config" in flags.FLAGS and flags.FLAGS.show_config:
     print(config)
     sys.exit(0)

@@ -65,7 +65,22 @@ class Defense:
 
   def purify_with_restart_keys(self, params, x, restart_keys):
     """Purifications of x [B, ...] from explicit restart keys [n, B] (see `purify`)."""
-    return self.family.purify(self.score_fn, params["score"], x, restart_keys, self.settings)
+    return self.family.purify(self.score_fn, self.score_params(params), x, restart_keys,
+                              self.settings)
+
+  def score_params(self, params):
+    """The part of `params` the purifier family receives (the score network's variables)."""
+    return params["score"]
+
+  def classifier_params(self, params):
+    """The part of `params` the classifier receives."""
+    return params["classifier"]
+
+  def logits_with_restart_keys(self, params, x, restart_keys):
+    """Logits [n, B, K] of the purifications of x [B, H, W, C] drawn from restart keys [n, B],
+    and the purifier's trace (what the exact-gradient attacks differentiate)."""
+    purified, trace = self.purify_with_restart_keys(params, x, restart_keys)
+    return self.classify(params, purified), trace
 
   def make_purifier(self, n: int, mesh=None):
     """Jitted `purifier(params, x, keys) -> [n, B, H, W, C]`, compiled once per input shape.
@@ -88,12 +103,13 @@ class Defense:
   def classify(self, params, xs):
     """Logits of images xs [..., B, H, W, C] -> [..., B, K]."""
     lead = xs.shape[:-3]
-    out = self.logits_fn(params["classifier"], xs.reshape((-1,) + xs.shape[-3:]))
+    out = self.logits_fn(self.classifier_params(params), xs.reshape((-1,) + xs.shape[-3:]))
     return out.reshape(lead + out.shape[-1:])
 
   def logits(self, params, x, keys, n: int):
-    """Logits of n purified copies, [n, B, K]."""
-    return self.classify(params, self.purified(params, x, keys, n))
+    """Logits of n purified copies, [n, B, K]; keys: per-example keys [B] (or one key)."""
+    keys = common.per_example_keys(keys, x.shape[0])
+    return self.logits_with_restart_keys(params, x, common.restart_keys(keys, n))[0]
 
   def predict(self, params, x, keys) -> dict[str, jax.Array]:
     """The defense's predictions [B] by each read-out, over `restarts` purifications."""

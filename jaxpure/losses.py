@@ -1,6 +1,6 @@
 """Losses as pure functions of (params, batch, key).
 
-`h(params, x, t)` is the network field (`models.score_function`); for NCSNv2 (DESIGN §1) it is
+`h(params, x, t)` is the network field (`models.score_function`); for NCSNv2 (docs/design.md#1-the-method) it is
 unconditional (t ignored; it is given the example's sigma) and the score at noise level sigma
 is s(x, sigma) = h(x) / sigma. Images x are [B, H, W, C] float32 in [0, 1].
 """

@@ -1,4 +1,4 @@
-"""The VP-SDE of Score SDE (Song et al. 2021), DESIGN §1: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,
+"""The VP-SDE of Score SDE (Song et al. 2021), docs/design.md#1-the-method: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,
 beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1], in the network's space x in [-1, 1].
 
 Marginal: x_t = sqrt(abar(t)) x_0 + sqrt(1 - abar(t)) eps, abar(t) = exp(-1/2 (beta_max -

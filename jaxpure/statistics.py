@@ -1,4 +1,4 @@
-"""Statistics of evaluations of randomized defenses (DESIGN §5): the paired test that decides
+"""Statistics of evaluations of randomized defenses (docs/design.md#5-scoring-randomized-defenses): the paired test that decides
 whether a larger attack budget still helps, and the unbiased estimate of robustness to M
 resubmissions.
 

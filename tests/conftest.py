@@ -34,3 +34,22 @@ def pytest_collection_modifyitems(config, items):
   if skipped:
     config.hook.pytest_deselected(items=skipped)
     items[:] = [item for item in items if not item.get_closest_marker("multihost")]
+
+
+def write_random_workdir(config, workdir: str, seed: int = 0) -> dict:
+  """Writes randomly initialised networks of `config` into workdir as params-only
+  checkpoints (what the importers write, which evaluate.py and load_defense read) in
+  seconds, without training; returns {kind: variables} as written."""
+  import jax.numpy as jnp
+  from jaxpure import checkpoint, model_specs
+  from jaxpure.jobs import loading
+  written = {}
+  for i, (kind, spec) in enumerate(model_specs.SPECS.items()):
+    module = spec.build(config)
+    x = jnp.zeros((1,) + model_specs.image_shape(config), jnp.float32)
+    variables = jax.device_get(jax.jit(lambda k: spec.init(module, k, x))(  # noqa: B023
+        jax.random.key(seed + i)))
+    checkpoint.save_variables(loading.model_dir(workdir, kind), variables,
+                              spec.identity(config), step=0)
+    written[kind] = variables
+  return written

@@ -1,4 +1,4 @@
-"""The ADP purifier family against independent NumPy loops of DESIGN §1, and its structural
+"""The ADP purifier family against independent NumPy loops of docs/design.md#1-the-method, and its structural
 promises (through the Defense that runs it)."""
 
 import dataclasses
@@ -69,7 +69,7 @@ def h_np(params, x):
 
 
 def adp_reference(params, x0, s: S):
-  """DESIGN §1 for one example, float64, Python loop with a real `break`.
+  """docs/design.md#1-the-method for one example, float64, Python loop with a real `break`.
 
   Returns (x_T, alphas taken [T] (0 after stopping), stop step or None)."""
   x = x0.copy()

@@ -1,4 +1,7 @@
-"""Attacks with one interface:
+"""Attacks. For scripts: `pgd_eot(defense, eps=..., steps=..., n_eot=...)`, `apgd_eot`,
+`bpda_eot`, `pgd_clf` return `attack(params, key, x, y) -> x_adv` (`functions.py`).
+
+Inside, attacks have one interface:
 `attack(params, keys, x, y, eps=None, step_size=None, num_steps=None) -> x_adv`.
 
 x: [B, H, W, C] in [0, 1]; y: [B] int labels; keys: [B] per-example keys (or one key);
@@ -251,7 +254,10 @@ def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):
   return jax.jit(run, in_shardings=(rep, data, data, data), out_shardings=data)
 
 
-__all__ = ["ATTACKS", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
+# The attacks as functions of a defense, `attack(params, key, x, y) -> x_adv` (the public API).
+from jaxpure.attacks.functions import apgd_eot, bpda_eot, pgd_clf, pgd_eot  # noqa: E402
+
+__all__ = ["ATTACKS", "apgd_eot", "bpda_eot", "pgd_clf", "pgd_eot", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
            "SPECS", "AttackSettings", "AttackSpec", "attack_function", "attack_trajectory",
            "dynamic_settings", "make_attack", "project", "purifications", "select_candidate",
            "with_gradient_budget"]

@@ -56,8 +56,8 @@ def exact_eot_gradient(defense: Defense, loss: str | Callable, n_eot: int, chunk
     raise ValueError("a deviation loss needs the clean input x_clean")
 
   def mean_loss(params, x, y, restart_keys):
-    purified, trace = defense.purify_with_restart_keys(params, x, restart_keys)
-    per_sample = loss_fn(defense.classify(params, purified), y)  # [n, B]
+    logits, trace = defense.logits_with_restart_keys(params, x, restart_keys)
+    per_sample = loss_fn(logits, y)  # [n, B]
     if deviation_weight:
       clean = jax.lax.stop_gradient(defense.purify_with_restart_keys(
           params, x_clean, restart_keys)[1]["iterates"])

@@ -77,7 +77,7 @@ def score_function(module: nn.Module) -> ScoreFn:
   ``x``: ``[B, H, W, C]`` float in the network's input space; ``t``: ``[B]`` float, the noise
   level or time. What the field means is the module's ``time_input``:
   - ``"none"`` (NCSNv2): the unconditional ``h_θ(x)``, x in about [0, 1]; t is ignored and the
-    score at noise level σ is ``h(x) / σ`` (DESIGN §1).
+    score at noise level σ is ``h(x) / σ`` (docs/design.md#1-the-method).
   - ``"vp_time"`` (DDPM++): x in [-1, 1], t in (0, 1] the VP-SDE time (the network is given
     labels ``999 t``); the field is the network's ε-prediction, the score is ``-h / std(t)``
     (see ``jaxpure.sde``).

@@ -1,6 +1,6 @@
 """ADP (Yoon, Hwang & Lee 2021): noise, then a few score steps with a curvature-adaptive size.
 
-DESIGN §1. x0 = clip(x + sigma_n n, 0, 1); for t < T, with g = h(x_t):
+docs/design.md#1-the-method. x0 = clip(x + sigma_n n, 0, 1); for t < T, with g = h(x_t):
 - "adp": alpha_t = clip(lam delta / (1 - z), alpha_min, alpha_max), z = <g, h(x_t + delta g)> /
   <g, g> per example; an example stops for good once alpha_t <= tau (alpha 0 from then on);
 - "gd": a fixed alpha = step_size;

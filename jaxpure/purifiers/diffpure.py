@@ -1,4 +1,4 @@
-"""Diffusion purification (DiffPure, Nie et al. 2022) on the VP-SDE of Score SDE, DESIGN §1.
+"""Diffusion purification (DiffPure, Nie et al. 2022) on the VP-SDE of Score SDE, docs/design.md#1-the-method.
 
 For x in [0, 1]: map to 2x - 1; diffuse to t* with the VP marginal,
 x_t* = sqrt(abar(t*)) x + sqrt(1 - abar(t*)) n; run the reverse process from t* to 0 in N steps
