@@ -129,6 +129,7 @@ def _toy_problem(seed=0):
   return params
 
 
+@pytest.mark.slow  # 32 attacks and predictions (about 35 s on 2 shared cores)
 def test_certificate_never_exceeds_the_radius_where_the_attack_succeeds():
   """A toy 3-class MLP on 2-pixel images behind ADP's Tweedie denoiser (the exact field of
   Gaussian data): for each example, the smallest l2 radius at which PGD on the soft smoothed
@@ -276,6 +277,7 @@ def _max_distances(section):
   return [p.get("max_distance", 0.0) for p in section["bracket"]]
 
 
+@pytest.mark.slow  # four certifications with attacks through the Runner (about 50 s)
 def test_certify_units_give_the_same_section_on_one_and_eight_devices_and_when_resumed(
     tmp_path):
   config, defense, params = _unit_setup()
@@ -345,9 +347,8 @@ def _evaluate(*args):
 
 @pytest.mark.parametrize("override,fragment", [
     (["--config.certify.sigmas=(0.25,-0.1)"], "sigmas"),
-    (["--config.certify.sigmas=(0.0,)"], "sigma > 0"),
     (["--config.certify.n0=200", "--config.certify.n=100"], "n0=200, n=100"),
-    (["--config.certify.alpha=0.0"], "alpha"), (["--config.certify.alpha=1.5"], "alpha"),
+    (["--config.certify.alpha=1.5"], "alpha"),
     (["--config.certify.denoiser=diffpure"], "time input 'vp_time'")])
 def test_bad_certify_settings_are_one_line_errors(tmp_path, override, fragment):
   proc = _evaluate("--config", "configs/smoke.py", "--workdir", str(tmp_path), "--certify",
