@@ -94,12 +94,13 @@ def check_defense(config):
   return settings
 
 
-def check_certify(config):
+def check_certify(config, certifying: bool = False):
   """config.certify makes valid CertifySettings and its denoiser fits the score network: a
   diffusion denoiser needs a time-conditioned network, its t* for each sigma must lie on the
   schedule, ADP's Tweedie step needs each sigma within the network's training levels.
   Returns (CertifySettings, the denoiser's family name or "none", its family Settings or
-  None)."""
+  None). The default denoiser "defense" of a family without one is an error only when
+  `certifying` (evaluate.py --certify)."""
   from jaxpure import certify, smoothing
   values = {k: tuple(v) if isinstance(v, (list, tuple)) else v
             for k, v in config.certify.to_dict().items()}
@@ -110,7 +111,11 @@ def check_certify(config):
   known = [smoothing.IDENTITY, "defense"] + [n for n in purifiers.names()
                                               if hasattr(purifiers.get(n), "denoise")]
   if name not in known:
-    raise ConfigError(f"config.certify.denoiser={settings.denoiser!r}; expected one of {known}")
+    if settings.denoiser == "defense" and name in purifiers.names() and not certifying:
+      return settings, name, None  # a defense without a denoiser, and nothing to certify
+    what = f" (the defense's purifier {name!r})" if settings.denoiser == "defense" else ""
+    raise ConfigError(f"config.certify.denoiser={settings.denoiser!r}{what} has no denoiser; "
+                      f"expected one of {known}")
   family = purifiers.get(name)
   if name == config.defense.purifier:
     family_settings = check_defense(config)

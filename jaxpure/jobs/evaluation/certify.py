@@ -48,7 +48,7 @@ class Plan:
 def smoothed_classifiers(config, defense: Defense):
   """(CertifySettings of config.certify, {sigma: `smoothing.Smoothed`}) with the defense's
   networks and the config's denoiser (config_checks.check_certify validates them)."""
-  settings, name, family_settings = config_checks.check_certify(config)
+  settings, name, family_settings = config_checks.check_certify(config, certifying=True)
   family = None if name == smoothing.IDENTITY else purifiers.get(name)
   return settings, {sigma: smoothing.Smoothed(
       defense.logits_fn, sigma, score_fn=defense.score_fn, family=family,
