@@ -3,16 +3,16 @@ ADP or DiffPure) and attacked accuracy, with pictures.
 
   python evaluate.py --config configs/digits.py --workdir runs/digits
       [--attacks pgd_clf,bpda_eot,bpda_eot_adp,pgd_eot_full,apgd_eot,pgd_eot_surrogate]
-      [--sweep] [--num_examples N] [--checkpoint_step score=STEP] [--output DIR]
+      [--sweep] [--certify] [--num_examples N] [--checkpoint_step score=STEP] [--output DIR]
       [--show_config]
 
 Writes into OUTPUT (default WORKDIR/eval): report.json; purification.png and steps.png;
 with attacks adversarial.png; with --sweep eps_sweep.png; with config.eval.budget_attack
-among the attacks budget.png. Each run's report and pictures are also kept per settings in
-OUTPUT/reports/ (report_<settings hash>.json, purification_<settings hash>.png, ...); the
-plain names are the latest run's. Finished batches are kept under OUTPUT/batches: an
-interrupted run started again with the same arguments resumes. Bad input prints one line on
-stderr and exits 2.
+among the attacks budget.png; with --certify certified.png (and the report's `certified`
+section). Each run's report and pictures are also kept per settings in OUTPUT/reports/
+(report_<settings hash>.json, purification_<settings hash>.png, ...); the plain names are the
+latest run's. Finished batches are kept under OUTPUT/batches: an interrupted run started
+again with the same arguments resumes. Bad input prints one line on stderr and exits 2.
 """
 
 import os
@@ -33,6 +33,9 @@ _ATTACKS = flags.DEFINE_list("attacks", [], "Attacks to run: pgd_clf, bpda_eot, 
                              "pgd_eot_full, apgd_eot, pgd_eot_surrogate, pgd_eot_inloop.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Also run the eps sweep of config.attack.sweep_attack "
                            "(the gradient-masking check: accuracy must reach ~0 at a large eps).")
+_CERTIFY = flags.DEFINE_bool("certify", False, "Also certify the smoothed classifiers of "
+                             "config.certify (randomized smoothing through the denoiser, with "
+                             "the attack's upper bound beside each certified accuracy).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the evaluation (default "
                               "WORKDIR/eval); the workdir itself is only read.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None,
@@ -78,7 +81,7 @@ def main(argv):
   from jaxpure.jobs import evaluation
   with cli.user_errors_exit():
     evaluation.evaluate(config, workdir, _ATTACKS.value, _NUM_EXAMPLES.value,
-                        sweep=_SWEEP.value, output_dir=_OUTPUT.value,
+                        sweep=_SWEEP.value, output_dir=_OUTPUT.value, certify=_CERTIFY.value,
                         **({"checkpoint_steps": steps} if steps else {}))
   sys.exit(0)
 

@@ -149,6 +149,31 @@ def get_config():
   ev.grid_examples = 8
   ev.grid_restarts = 3
 
+  # Certified robustness by randomized smoothing (evaluate.py --certify; DESIGN §6): CERTIFY
+  # and PREDICT (Cohen et al. 2019) of the smoothed classifier x -> argmax_c P(f(D(x + sigma
+  # n)) = c) at each sigma (pixels), D the denoiser: "defense" (the family of
+  # config.defense.purifier), "diffpure" (one-shot diffusion denoising at the time whose noise
+  # is sigma; needs a time-conditioned network), "adp" (the Tweedie step x + sigma h(x)) or
+  # "none" (plain Gaussian smoothing); denoise_steps > 0: that many of the family's own steps
+  # after it. Beside each certified accuracy at radius r > 0, the upper bound: PGD (l2, radius
+  # r; attack_steps of attack_step_scale r / attack_steps, attack_eot noise samples per
+  # gradient) on the soft smoothed classifier, then PREDICT at the attacked point.
+  config.certify = cert = ml_collections.ConfigDict()
+  cert.sigmas = (0.12, 0.25, 0.5)
+  cert.n0 = 100  # selection samples
+  cert.n = 10_000  # estimation samples (Carlini et al.'s CIFAR-10 protocol: 100,000)
+  cert.alpha = 0.001  # failure probability of each certificate
+  cert.denoiser = "defense"
+  cert.denoise_steps = 0  # 0: one-shot
+  cert.batch_size = 32  # examples per batch
+  cert.chunk = 1000  # noise samples per example at a time (memory: chunk x batch_size images)
+  cert.radii = (0.0, 0.25, 0.5, 0.75, 1.0)  # l2, pixels
+  cert.predict_n = 0  # PREDICT's samples (0: n)
+  cert.attack_steps = 20  # 0: no attack (no upper bound)
+  cert.attack_eot = 8
+  cert.attack_step_scale = 2.5
+  cert.num_examples = 0  # certify the first ones of the evaluated examples (0: all)
+
   # Attacks (evaluate.py --attacks a,b,...): shared threat model, then one section per attack.
   config.attack = at = ml_collections.ConfigDict()
   at.norm = "linf"  # "linf" or "l2"

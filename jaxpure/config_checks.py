@@ -39,6 +39,8 @@ def check_config(config: ml_collections.ConfigDict, reference: ml_collections.Co
     if not 0 <= section.ema_rate < 1:
       raise ConfigError(f"config.{name}.ema_rate={section.ema_rate}; expected in [0, 1)")
   check_defense(config)
+  if "certify" in config:
+    check_certify(config)
   _check_eval(config.eval)
   if c.optimizer not in ("adam", "sgd"):
     raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected 'adam' or 'sgd'")
@@ -90,6 +92,61 @@ def check_defense(config):
       raise ConfigError(f"config.purifiers.{name}.{key}={getattr(settings, key)} differs from "
                         f"config.sde.{key}={config.sde[key]}, the SDE the network was trained on")
   return settings
+
+
+def check_certify(config, certifying: bool = False):
+  """config.certify makes valid CertifySettings and its denoiser fits the score network: a
+  diffusion denoiser needs a time-conditioned network, its t* for each sigma must lie on the
+  schedule, ADP's Tweedie step needs each sigma within the network's training levels.
+  Returns (CertifySettings, the denoiser's family name or "none", its family Settings or
+  None). The default denoiser "defense" of a family without one is an error only when
+  `certifying` (evaluate.py --certify)."""
+  from jaxpure import certify, smoothing
+  values = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+            for k, v in config.certify.to_dict().items()}
+  settings = certify.CertifySettings(**values)
+  name = config.defense.purifier if settings.denoiser == "defense" else settings.denoiser
+  if name == smoothing.IDENTITY:
+    return settings, name, None
+  known = [smoothing.IDENTITY, "defense"] + [n for n in purifiers.names()
+                                              if hasattr(purifiers.get(n), "denoise")]
+  if name not in known:
+    if settings.denoiser == "defense" and name in purifiers.names() and not certifying:
+      return settings, name, None  # a defense without a denoiser, and nothing to certify
+    what = f" (the defense's purifier {name!r})" if settings.denoiser == "defense" else ""
+    raise ConfigError(f"config.certify.denoiser={settings.denoiser!r}{what} has no denoiser; "
+                      f"expected one of {known}")
+  family = purifiers.get(name)
+  if name == config.defense.purifier:
+    family_settings = check_defense(config)
+  elif name in config.purifiers:
+    family_settings = purifiers.make_settings(name, config.purifiers[name].to_dict())
+  else:
+    raise ConfigError(f"config.certify.denoiser={name!r} but config.purifiers has no {name!r} "
+                      "section")
+  time_input = getattr(models.get_class(config.score.model), "time_input", "none")
+  if family.TIME_INPUT != time_input:
+    what = "diffusion smoothing" if family.TIME_INPUT == "vp_time" else "its denoiser"
+    raise ConfigError(f"config.certify.denoiser={name!r} ({what}) needs a score network with "
+                      f"time input {family.TIME_INPUT!r}; config.score.model="
+                      f"{config.score.model!r} has {time_input!r}")
+  for key in ("beta_min", "beta_max"):
+    if hasattr(family_settings, key) and getattr(family_settings, key) != config.sde[key]:
+      raise ConfigError(f"config.purifiers.{name}.{key}={getattr(family_settings, key)} differs "
+                        f"from config.sde.{key}={config.sde[key]}, the SDE the network was "
+                        "trained on")
+  for sigma in settings.sigmas:
+    if hasattr(family, "denoise_time"):
+      try:
+        family.denoise_time(sigma, family_settings)
+      except ValueError as e:
+        raise ConfigError(f"config.certify.sigmas: diffusion denoising at sigma={sigma}: {e}")
+    elif family.TIME_INPUT == "none" and not (
+        config.score.sigma_min <= sigma <= config.score.sigma_max):
+      raise ConfigError(f"config.certify.sigmas: sigma={sigma} is outside the score network's "
+                        f"training levels [{config.score.sigma_min}, {config.score.sigma_max}] "
+                        f"(config.score): its Tweedie step is not valid there")
+  return settings, name, family_settings
 
 
 def _unknown_key(key: str, expected: dict, where: str) -> ConfigError:

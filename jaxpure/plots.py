@@ -152,3 +152,40 @@ def plot_budget_curves(path: str, budget: dict) -> str:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def plot_certified(path: str, certified: dict) -> str:
+  """Certified accuracy against l2 radius (pixels), one curve per sigma (from each example's
+  certified radius: the fraction correct and certified at radius >= r), with the attack's
+  upper bound at the configured radii as markers of the same colour (report["certified"])."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  top = max([max(row["examples"]["radius"], default=0.0) for row in certified["by_sigma"]]
+            + list(certified["radii"]) + [1e-3])
+  grid = np.linspace(0.0, top * 1.05, 200)
+  for i, row in enumerate(certified["by_sigma"]):
+    color = f"C{i}"
+    ex = row["examples"]
+    correct = np.asarray(ex["prediction"]) == np.asarray(ex["label"])
+    radius = np.asarray(ex["radius"])
+    ax.plot(grid, [np.mean(correct & (radius >= r)) for r in grid], "-", color=color,
+            label=f"sigma {row['sigma']:g}: certified")
+    upper = [(p["radius"], p["attacked_accuracy"]) for p in row["points"]
+             if "attacked_accuracy" in p]
+    if upper:
+      ax.plot(*zip(*upper), "v", color=color, mec="black", mew=0.6, ls="none",
+              label=f"sigma {row['sigma']:g}: attacked (upper bound)")
+  s = certified["settings"]
+  ax.set_xlabel("l2 radius (pixels in [0, 1])")
+  ax.set_ylabel("certified accuracy")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlim(0, grid[-1])
+  ax.grid(True, color="0.92")
+  ax.set_title(f"randomized smoothing, denoiser {s['denoiser']} (n = {s['n']}, "
+               f"alpha = {s['alpha']:g})", fontsize=10)
+  ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -7,6 +7,7 @@ s(x, t) = -eps_hat(x, t) / std(t). Pure functions of t (scalars or arrays).
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -47,3 +48,18 @@ class VPSDE:
     """The reverse SDE's drift f - g^2 s = -1/2 beta(t) x - beta(t) s (per unit forward time)."""
     b = jnp.reshape(self.beta(jnp.asarray(t, x.dtype)), (-1,) + (1,) * (x.ndim - 1))
     return -0.5 * b * x - b * score
+
+  def time_for_noise_ratio(self, ratio: float) -> float:
+    """The time t with sqrt((1 - abar(t)) / abar(t)) = ratio (> 0), in closed form: abar(t) =
+    1 / (1 + ratio^2), i.e. 1/2 (beta_max - beta_min) t^2 + beta_min t = log(1 + ratio^2), the
+    positive root of that quadratic. A Python float (the exact continuous-schedule time, not
+    the first discrete timestep reaching it). Raises ValueError when t > 1 (more noise than
+    the schedule reaches) or ratio <= 0."""
+    if not ratio > 0:
+      raise ValueError(f"noise ratio {ratio} must be > 0")
+    a, b, c = 0.5 * (self.beta_max - self.beta_min), self.beta_min, math.log1p(ratio ** 2)
+    t = 2 * c / (b + math.sqrt(b * b + 4 * a * c))  # the positive root, without cancellation
+    if t > 1:
+      raise ValueError(f"noise ratio {ratio} needs t = {t:.4g} > 1 on the VP schedule "
+                       f"beta {self.beta_min} -> {self.beta_max}")
+    return t

@@ -9,7 +9,12 @@ A family is a module with:
                                   x in [0, 1]; keys [R, B]; trace: `common.make_trace`'s
                                   common part with a leading R axis
 and optionally STEPS_FIELD: str, the Settings field holding its number of steps (an attack on
-a surrogate process with fewer steps, `Defense.with_steps`, needs it).
+a surrogate process with fewer steps, `Defense.with_steps`, needs it), and
+  denoise(score_fn, params, x_noisy, sigma, keys, settings, steps=0) -> [B, H, W, C]
+                                  the family's denoiser of x_noisy = x + sigma n (pixels, not
+                                  clipped) for randomized smoothing (`jaxpure.smoothing`):
+                                  one network evaluation at steps = 0, else `steps` of the
+                                  family's own steps after it; keys [B]; result in [0, 1].
 Adding a family is adding one module in this folder (found here by name) and one config
 section `config.purifiers.<NAME>` whose keys are its Settings fields. Families defined
 elsewhere (a script, a test) call `register(module)`.

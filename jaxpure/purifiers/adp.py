@@ -10,6 +10,9 @@ randomisation, the scan, the clipping and the trace; only the step differs (`STE
 
 The network is the unconditional NCSNv2 field h (score = h / sigma); it is called with
 t = sigma_n (ignored by an unconditional network). Pixels in [0, 1].
+
+The family's "denoise" mode (`denoise`) is the Tweedie denoiser of a smoothed classifier
+(`jaxpure.smoothing`).
 """
 
 import dataclasses
@@ -119,18 +122,12 @@ def _langevin_rule(field, x_t, g, active, t, step_keys, s):
 STEP_RULES = {"adp": _adp_rule, "gd": _gd_rule, "langevin": _langevin_rule}
 
 
-def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
-  """One restart for a batch: x [B, H, W, C] in [0, 1], keys [B].
-
-  Returns (x_T [B, H, W, C] in [0, 1], trace) with the common trace (`common.make_trace`):
-  iterates [T + 1, B, ...], step_scalars {"alpha": [T, B] step taken (0 once stopped)},
-  step_mask [T, B] ("active": the example took step t). The steps are one `lax.scan`; with
-  s.remat each step body is `jax.checkpoint`ed.
-  """
-  noise_keys = jax.vmap(lambda k: jax.random.split(k))(keys)  # [B, 2]
-  x0 = common.randomize(x, noise_keys[:, 0], s.sigma_n, s.noise)
-  step_keys = noise_keys[:, 1]
-  level = jnp.full(x.shape[:1], s.sigma_n, x.dtype)
+def run_steps(score_fn, params, x0: jax.Array, step_keys: jax.Array, s: Settings):
+  """s.max_iter steps of s.method from x0 [B, H, W, C] in [0, 1] (the field called at level
+  s.sigma_n); step_keys [B] (langevin's noise). Returns (x_T [B, H, W, C] in [0, 1], alphas
+  [T, B], actives [T, B], iterates [T, B, H, W, C]). The steps are one `lax.scan`; with
+  s.remat each step body is `jax.checkpoint`ed."""
+  level = jnp.full(x0.shape[:1], s.sigma_n, x0.dtype)
   field = lambda y: score_fn(params, y, level)  # noqa: E731
   rule = STEP_RULES[s.method]
 
@@ -142,11 +139,40 @@ def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
 
   if s.remat:
     step = jax.checkpoint(step)
-  init = (x0, jnp.ones(x.shape[:1], bool))
+  init = (x0, jnp.ones(x0.shape[:1], bool))
   (x_final, _), (alphas, actives, iterates) = lax.scan(step, init, jnp.arange(s.max_iter))
+  return x_final, alphas, actives, iterates
+
+
+def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
+  """One restart for a batch: x [B, H, W, C] in [0, 1], keys [B].
+
+  Returns (x_T [B, H, W, C] in [0, 1], trace) with the common trace (`common.make_trace`):
+  iterates [T + 1, B, ...], step_scalars {"alpha": [T, B] step taken (0 once stopped)},
+  step_mask [T, B] ("active": the example took step t). The steps are `run_steps`.
+  """
+  noise_keys = jax.vmap(lambda k: jax.random.split(k))(keys)  # [B, 2]
+  x0 = common.randomize(x, noise_keys[:, 0], s.sigma_n, s.noise)
+  x_final, alphas, actives, iterates = run_steps(score_fn, params, x0, noise_keys[:, 1], s)
   trace = common.make_trace(jnp.concatenate([x0[None], iterates], axis=0),
                             {"alpha": alphas}, actives)
   return x_final, trace
+
+
+def denoise(score_fn, params, x_noisy: jax.Array, sigma: float, keys: jax.Array, s: Settings,
+            steps: int = 0) -> jax.Array:
+  """Denoising of x_noisy = x + sigma n (pixels, not clipped; [B, H, W, C]) for a
+  randomized-smoothing classifier (DESIGN §6): the Tweedie step x_noisy + sigma h(x_noisy),
+  the posterior mean E[x | x_noisy] when h = sigma grad log p_sigma (the NCSNv2 field at a
+  level of its training schedule), clipped to [0, 1]; with steps = k > 0, then k steps of ADP's
+  s.method from there (`run_steps`, the field at level sigma; langevin noise from keys [B]).
+  Returns [B, H, W, C] in [0, 1]."""
+  level = jnp.full(x_noisy.shape[:1], sigma, x_noisy.dtype)
+  x0 = jnp.clip(x_noisy + sigma * score_fn(params, x_noisy, level), 0.0, 1.0)
+  if not steps:
+    return x0
+  run = dataclasses.replace(s, max_iter=steps, sigma_n=sigma)
+  return run_steps(score_fn, params, x0, keys, run)[0]
 
 
 def purify(score_fn, params, x: jax.Array, keys: jax.Array, settings: Settings):

@@ -12,6 +12,9 @@ of dt = t* / N with one of three samplers on the same `lax.scan`:
 then map back with (x + 1) / 2 and clip to [0, 1]. s(x, t) = -eps_hat(x, t) / std(t) from the
 time-conditioned network (DDPM++). Every step's noise is drawn from the example's own key, so
 examples never interact; each step is `jax.checkpoint`ed (memory flat in N under jax.grad).
+
+The family's "denoise" mode (`denoise`) is the one-shot diffusion denoiser of a smoothed
+classifier (Carlini et al. 2023; `jaxpure.smoothing`).
 """
 
 import dataclasses
@@ -102,6 +105,28 @@ def to_pixels(x: jax.Array) -> jax.Array:
   return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 
+def reverse(score_fn, params, x_t: jax.Array, step_keys: jax.Array, s: Settings):
+  """The reverse process from t* = s.t_star to 0 in s.num_steps steps of s.sampler, in network
+  space: x_t [B, H, W, C] (about [-1, 1]), step_keys [B] (step i draws from fold_in(key, i)).
+
+  Returns (x_0 [B, H, W, C] in network space, iterates [N, B, ...] in [0, 1] pixels after each
+  step, times [N, B] the time each step starts from)."""
+  sde, dt = s.sde, s.t_star / s.num_steps
+  rule = STEPS[s.sampler]
+
+  def step(x_t, i):
+    t = jnp.full(x_t.shape[:1], s.t_star - i * dt, x_t.dtype)
+    eps_hat = score_fn(params, x_t, t)
+    z = common.normal_like(common.fold(step_keys, i), x_t)
+    x_next = rule(sde, x_t, eps_hat, t, dt, z)
+    return x_next, (to_pixels(x_next), t)
+
+  if s.remat:
+    step = jax.checkpoint(step)
+  x_0, (iterates, times) = lax.scan(step, x_t, jnp.arange(s.num_steps))
+  return x_0, iterates, times
+
+
 def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
   """One restart for a batch: x [B, H, W, C] in [0, 1], keys [B].
 
@@ -109,25 +134,40 @@ def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
   input diffused to t*, i.e. the noise-only ablation), step_scalars {"t": [N, B] the time each
   step starts from}.
   """
-  sde, n, dt = s.sde, s.num_steps, s.t_star / s.num_steps
   k_diffuse, k_steps = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-  x_t = sde.diffuse(2.0 * x - 1.0, jnp.full(x.shape[:1], s.t_star, x.dtype),
-                    common.normal_like(k_diffuse, x))
-  rule = STEPS[s.sampler]
-
-  def step(x_t, i):
-    t = jnp.full(x.shape[:1], s.t_star - i * dt, x.dtype)
-    eps_hat = score_fn(params, x_t, t)
-    z = common.normal_like(common.fold(k_steps, i), x_t)
-    x_next = rule(sde, x_t, eps_hat, t, dt, z)
-    return x_next, (to_pixels(x_next), t)
-
-  if s.remat:
-    step = jax.checkpoint(step)
-  x_0, (iterates, times) = lax.scan(step, x_t, jnp.arange(n))
+  x_t = s.sde.diffuse(2.0 * x - 1.0, jnp.full(x.shape[:1], s.t_star, x.dtype),
+                      common.normal_like(k_diffuse, x))
+  x_0, iterates, times = reverse(score_fn, params, x_t, k_steps, s)
   trace = common.make_trace(jnp.concatenate([to_pixels(x_t)[None], iterates], axis=0),
                             {"t": times})
   return to_pixels(x_0), trace
+
+
+def denoise_time(sigma: float, s: Settings = Settings()) -> float:
+  """t* for pixel noise sigma (> 0): pixels x in [0, 1] are u = 2x - 1 in network space, so
+  the noise is 2 sigma there and t* solves sqrt((1 - abar(t*)) / abar(t*)) = 2 sigma exactly on
+  the continuous VP schedule of s (Carlini et al. 2023, DESIGN §6)."""
+  return s.sde.time_for_noise_ratio(2.0 * sigma)
+
+
+def denoise(score_fn, params, x_noisy: jax.Array, sigma: float, keys: jax.Array, s: Settings,
+            steps: int = 0) -> jax.Array:
+  """Diffusion denoising of x_noisy = x + sigma n (pixels, not clipped; [B, H, W, C]) for a
+  randomized-smoothing classifier (DESIGN §6). u_t = sqrt(abar(t*)) (2 x_noisy - 1) has exactly
+  the VP marginal at t* = `denoise_time(sigma, s)`; then
+  - steps = 0: the one-shot estimate u0 = (u_t - sqrt(1 - abar) eps_hat(u_t, t*)) / sqrt(abar)
+    (one network evaluation);
+  - steps = k > 0: k reverse steps of s.sampler from t* to 0 instead (`reverse`; step noise, if
+    any, from keys [B]).
+  Returns the denoised images [B, H, W, C] in [0, 1] ((u0 + 1) / 2, clipped)."""
+  t_star = denoise_time(sigma, s)
+  mean, std = s.sde.marginal(jnp.asarray(t_star, x_noisy.dtype))
+  u_t = mean * (2.0 * x_noisy - 1.0)
+  if steps:
+    run = dataclasses.replace(s, t_star=t_star, num_steps=steps)
+    return to_pixels(reverse(score_fn, params, u_t, keys, run)[0])
+  eps_hat = score_fn(params, u_t, jnp.full(x_noisy.shape[:1], t_star, x_noisy.dtype))
+  return to_pixels((u_t - std * eps_hat) / mean)
 
 
 def purify(score_fn, params, x: jax.Array, keys: jax.Array, settings: Settings):

@@ -19,7 +19,8 @@ from jaxpure import config_checks
 from jaxpure.defense import READOUTS, Defense
 from jaxpure.errors import ConfigError, WorkdirError
 from jaxpure.jobs import loading
-from jaxpure.jobs.evaluation import budget as budget_lib, fixed_noise as fixed_noise_lib
+from jaxpure.jobs.evaluation import budget as budget_lib, certify as certify_lib
+from jaxpure.jobs.evaluation import fixed_noise as fixed_noise_lib
 from jaxpure.jobs.evaluation import pictures, report as report_lib
 from jaxpure.jobs.evaluation import store as store_lib
 from jaxpure.jobs.evaluation import units as units_lib
@@ -107,7 +108,8 @@ def _search_budget(config, defense: Defense, a_settings: dict, attack_names, run
 def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
              num_examples: int | None = None, *, sweep: bool = False, mesh=None, print_fn=print,
              after_batch: Callable[[str, int], None] = lambda unit, batch: None,
-             output_dir: str | None = None, checkpoint_steps: dict | None = None) -> dict:
+             output_dir: str | None = None, checkpoint_steps: dict | None = None,
+             certify: bool = False) -> dict:
   """Runs the evaluation, writes OUTPUT/report.json and the PNGs (OUTPUT: WORKDIR/eval by
   default); returns the report.
 
@@ -115,6 +117,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
   sweep of config.attack.sweep_attack and the baseline (the gradient-masking check).
   Each attacked point is scored by config.eval.scoring_runs independent runs of the defense.
   checkpoint_steps: {kind: step} to evaluate an older kept checkpoint (default the latest).
+  certify: also certify the smoothed classifiers of config.certify (the report's `certified`
+  section and certified.png; `certify.py`).
   """
   defense = make_defense(config)
   attack_names = list(dict.fromkeys(attack_names))
@@ -194,7 +198,9 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
   fixed_unit = (fixed_noise_lib.unit(fixed_settings, defense, attack_key, eval_key,
                                      config.attack.batch_size, config.attack.seed)
                 if fixed_settings else None)
+  cert_plan = certify_lib.plan(config, defense, eval_key, attack_key) if certify else None
   runner.plan([clean_unit, *attack_units.values(), *([budget_unit] if budget_unit else []),
+               *(cert_plan.units() if cert_plan else []),
                *([fixed_unit] if fixed_unit else []),
                *(u for rows in sweep_units.values() for _, u in rows)])
 
@@ -224,6 +230,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
            for name, rows in sweep_units.items()}
   fixed = (fixed_noise_lib.section(fixed_settings, runner.run(fixed_unit)) if fixed_unit
            else None)
+  certified = certify_lib.run(cert_plan, runner) if cert_plan else None
 
   # ---- report
   robust = {name: float(attacked[name]["defended"].mean()) for name in attack_names}
@@ -257,6 +264,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
       "budget_status": searched["status"] if searched else "fixed",
       "budget_curves": budget,
       "fixed_noise": fixed,
+      "certified": certified,
       "eps_sweep": {name: [{"eps": eps, "defended_accuracy": float(r["defended"].mean()),
                             "bare_accuracy": float(r["bare"].mean())} for eps, r in rows]
                     for name, rows in swept.items()},
@@ -279,6 +287,7 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
        "sweep": sweep_eps, "attack_seed": config.attack.seed,
        **({"budget_search": searched["examples"]} if searched else {}),
        **({"fixed_noise": fixed_unit.signature} if fixed_unit else {}),
+       **({"certify": cert_plan.signature} if cert_plan else {}),
        **({"budget": budget_unit.signature} if budget_unit else {})})
   path = os.path.join(out_dir, "report.json")
   if is_writer:

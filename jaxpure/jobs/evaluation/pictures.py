@@ -1,5 +1,5 @@
 """The evaluation's pictures: purification.png, steps.png, adversarial.png, eps_sweep.png,
-budget.png.
+budget.png, certified.png.
 
 Each run's pictures are kept per settings beside their report
 (EVAL/reports/<name>_<settings hash>.png, like reports/report_<settings hash>.json), and the
@@ -17,7 +17,8 @@ from jaxpure.purifiers.common import example_keys
 
 
 #: Every picture an evaluation may write.
-NAMES = ("purification.png", "steps.png", "adversarial.png", "eps_sweep.png", "budget.png")
+NAMES = ("purification.png", "steps.png", "adversarial.png", "eps_sweep.png", "budget.png",
+         "certified.png")
 
 
 def write_all(out_dir: str, config, defense: Defense, params, test_split, key, report,
@@ -69,6 +70,9 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
   if report.get("budget_curves"):
     plots.plot_budget_curves(os.path.join(out_dir, "budget.png"), report["budget_curves"])
     written.append("budget.png")
+  if report.get("certified"):
+    plots.plot_certified(os.path.join(out_dir, "certified.png"), report["certified"])
+    written.append("certified.png")
   return written
 
 

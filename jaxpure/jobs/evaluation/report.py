@@ -119,8 +119,9 @@ def step_scalar_summary(values: np.ndarray, mask: np.ndarray) -> list[dict]:
 
 def suspect_reasons(report: dict, sweep_attack: str) -> list[str]:
   """Signs of a weak evaluation: accuracy left at the largest eps of the sweep, a budget search
-  that stopped at its cap, an attack whose budget curves still fall (`not_converged`), or an
-  attack beating the exact-gradient ones by more than one standard error."""
+  that stopped at its cap, an attack whose budget curves still fall (`not_converged`), an
+  attack beating the exact-gradient ones by more than one standard error, or a certified
+  accuracy above the attacked smoothed classifier's (the `certified` section's own reasons)."""
   reasons = []
   rows = report["eps_sweep"].get(sweep_attack)
   if rows and rows[-1]["defended_accuracy"] > 0.10:
@@ -143,6 +144,7 @@ def suspect_reasons(report: dict, sweep_attack: str) -> list[str]:
       if name not in exact and value < robust[best] - se[best]:
         reasons.append(f"{name} ({value:.3f}) beats the exact-gradient {best} "
                        f"({robust[best]:.3f}) by more than one standard error")
+  reasons += (report.get("certified") or {}).get("suspect_reasons", [])
   return reasons
 
 
