@@ -68,6 +68,9 @@ def test_a_caught_mutant_a_survivor_and_a_broken_mutant(tmp_path):
 
 @pytest.mark.slow  # about 10 minutes on two cores: ~40 pytest runs, each compiling its mutant
 def test_every_listed_mutation_is_caught():
+  # Some of the catching tests compare with PyTorch and AutoAttack (the torch extra).
+  pytest.importorskip("torch", reason="needs the torch extra: pip install -e '.[torch]'")
+  pytest.importorskip("pyautoattack.autopgd_base", reason="needs the torch extra")
   out = io.StringIO()
   status = ms.main([], out=out)
   text = out.getvalue()
