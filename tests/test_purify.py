@@ -153,6 +153,25 @@ def test_randomization_is_clipped_gaussian_with_sigma_n():
   assert x0.min() == 0.0 and x0.max() == 1.0  # clipped to the image range
 
 
+def test_each_example_draws_from_the_key_of_its_global_index():
+  """Example i's key is fold_in(key, i) of its global index i (DESIGN: results do not depend
+  on how the data is cut into batches): a slice of the data gets the keys the whole set gives
+  those examples, and the same image at different indices is randomised differently."""
+  key, idx = jax.random.key(7), jnp.arange(8)
+  whole = np.asarray(jax.random.key_data(common.example_keys(key, idx)))
+  np.testing.assert_array_equal(
+      np.asarray(jax.random.key_data(common.example_keys(key, idx[5:]))), whole[5:])
+  for i in range(8):
+    np.testing.assert_array_equal(whole[i],
+                                  np.asarray(jax.random.key_data(jax.random.fold_in(key, i))))
+  x = jnp.full((8, 4, 4, 1), 0.5)
+  s = S(sigma_n=0.1, restarts=1, max_iter=1)
+  _, tr = purify(lambda p, x: jnp.zeros_like(x), None, x, common.example_keys(key, idx), s,
+                 return_trace=True)
+  x0 = np.asarray(tr["iterates"][0, 0]).reshape(8, -1)
+  assert min(np.abs(x0[i] - x0[j]).max() for i in range(8) for j in range(i)) > 1e-3
+
+
 def test_binary_noise_has_the_right_magnitude():
   x = jnp.full((16, 4, 4, 1), 0.5)
   s = S(sigma_n=0.25, noise="binary", restarts=2, max_iter=1)
