@@ -26,7 +26,8 @@ A kill is planned at random (seeded): at a point of the job (JAXPURE_TEST_KILL_A
 batch store, a random delay after it), or at a random time of the run (the parent's SIGKILL).
 Which phase a kill hit is read from what the killed run left: an orbax temporary checkpoint
 folder written during the run (a checkpoint write), a batch's temporary file (a batch store),
-else its last output line (compiling: compile; a step or batch line: step; else other). A
+else its last output line (compiling: compile; a step or batch line before the last
+of its model or unit: step; else other). A
 kill counts as survived when its trial's final files equal the reference's. Prints one line
 per kill and per trial, the kills per phase, and "kills survived: K of K".
 """
@@ -36,6 +37,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -180,7 +182,8 @@ def phase_hit(run: Run, root: str) -> tuple[str, str]:
   """(phase, evidence) of a killed run whose files are under `root`: an orbax temporary
   checkpoint folder written during the run: "checkpoint write"; a batch's temporary file
   written during it: "batch store"; else from its last progress line: "compile" (a compiling
-  line), "step" (a training step or an evaluation batch), "other" (start, resume, summary,
+  line), "step" (the compiled line, or a training step or evaluation batch before the model's
+  or unit's last), "other" (start, resume, after a model's or unit's last step, summary,
   report)."""
   ckpt = _written_since(glob.glob(os.path.join(root, "**", "*.orbax-checkpoint-tmp*"),
                                   recursive=True), run.started)
@@ -195,9 +198,10 @@ def phase_hit(run: Run, root: str) -> tuple[str, str]:
   shown = f"last line {last[:70]!r}" if last else "no output yet"
   if "compiling" in last:
     return "compile", shown
-  if ("] step " in last or "] compiled;" in last or ": batch " in last):
+  done = re.search(r"(?:\] step|: batch) (\d+)/(\d+)", last)
+  if "] compiled;" in last or (done and done.group(1) != done.group(2)):
     return "step", shown
-  return "other", shown
+  return "other", shown  # start, resume, after a model's or unit's last step, summary, report
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -363,42 +367,67 @@ def compare_eval(got: str, ref: str) -> list[str]:
 @dataclasses.dataclass
 class Reference:
   """What the uninterrupted run of a job did: its length, when its first progress line came,
-  how often it reached each kill point, and the longest stretch spent in each phase."""
+  the longest compile (from a compiling line to the next line), and its parts: for training
+  {model: (steps, checkpoint_every)}, for evaluation {unit: (batches, compiled programs)}."""
   seconds: float
   first_line: float
-  counts: dict
-  spans: dict
+  longest_compile: float
+  parts: dict
 
 
-def reference_of(run: Run, job: str) -> Reference:
+def reference_of(run: Run, job: str, out: str) -> Reference:
   lines = progress_lines(run)
-  text = [l for _, l in lines]
-  compiles = sum("compiling" in l for l in text)
   if job == "train":
     from configs import smoke
     config = smoke.get_config()
-    sections = [config.score, config.classifier]
-    counts = {"compile": compiles, "step": sum(c.num_steps for c in sections),
-              "checkpoint_write": sum(c.num_steps // c.checkpoint_every for c in sections)}
+    parts = {kind: (config[kind].num_steps, config[kind].checkpoint_every)
+             for kind in ("score", "classifier")}
   else:
-    batches = sum(": batch " in l for l in text)
-    counts = {"compile": compiles, "step": batches, "batch_store": batches}
-  # the longest compile: from a compiling line to the next progress line
+    parts = {}
+    for unit in sorted(os.listdir(os.path.join(out, "batches"))):
+      programs = sum(l.startswith(f"[eval] {unit}: compiling") for _, l in lines)
+      parts[unit] = (len(_stored_batches(os.path.join(out, "batches", unit))), programs)
   spans = [t2 - t1 for (t1, l1), (t2, _) in zip(lines, lines[1:]) if "compiling" in l1]
-  return Reference(run.seconds, lines[0][0] if lines else 0.0, counts,
-                   {"compile": max(spans, default=1.0)})
+  return Reference(run.seconds, lines[0][0] if lines else 0.0, max(spans, default=1.0), parts)
 
 
-def plan_kill(rng: random.Random, job: str, ref: Reference) -> dict:
-  """One kill, drawn at random: at a kill point of the job (which arrival, how long after
-  it), or at a time of the run."""
-  how = rng.choice(POINTS[job] + ("time",))
+def _stored_batches(unit_dir: str) -> list[str]:
+  return [f for f in glob.glob(os.path.join(unit_dir, "*", "*.npz"))
+          if not f.endswith(".tmp.npz")]
+
+
+def points_left(job: str, ref: Reference, out: str) -> dict:
+  """How often a run started now on `out` would reach each kill point: from the checkpoints
+  (training) or the stored batches (evaluation) that earlier runs left."""
+  left = dict.fromkeys(POINTS[job], 0)
+  for part, (total, other) in ref.parts.items():
+    if job == "train":
+      from jaxpure import checkpoint
+      done = max(checkpoint.checkpoint_steps(os.path.join(out, "checkpoints", part)),
+                 default=0)
+      if done < total:
+        left["compile"] += 1
+        left["step"] += total - done
+        left["checkpoint_write"] += total // other - done // other
+    else:
+      done = len(_stored_batches(os.path.join(out, "batches", part)))
+      if done < total:
+        left["compile"] += other
+        left["step"] += total - done
+        left["batch_store"] += total - done
+  return left
+
+
+def plan_kill(rng: random.Random, job: str, ref: Reference, left: dict) -> dict:
+  """One kill, drawn at random: at a kill point the run will reach (which arrival, how long
+  after it; `left`: {point: arrivals to come}), or at a time of the run."""
+  how = rng.choice([p for p in POINTS[job] if left.get(p)] + ["time"])
   if how == "time":
     return {"kill_after": round(rng.uniform(ref.first_line, ref.seconds), 3),
             "planned": "time"}
-  n = rng.randint(1, max(1, ref.counts[how]))
+  n = rng.randint(1, left[how])
   if how == "compile":
-    delay = rng.uniform(0, ref.spans["compile"])
+    delay = rng.uniform(0, ref.longest_compile)
   elif how == "checkpoint_write":
     delay = rng.choice([0.0, rng.uniform(0, 0.2)])
   elif how == "batch_store":
@@ -419,23 +448,25 @@ def _targeted(phase: str) -> tuple[str, dict]:
 
 
 # ----------------------------------------------------------------------------- trials
-def run_trial(job: str, plans, root: str, ref_train: str, ref_eval: str, *,
+def run_trial(job: str, plan, root: str, ref_train: str, ref_eval: str, *,
               per_trial: int, log=print) -> dict:
-  """One trial from nothing: runs with a kill from `plans` (an iterator of kill plans) until
-  per_trial kills, then to completion; returns {"kills": [...], "problems": [...], ...}."""
+  """One trial from nothing: runs with a kill planned by `plan(out)` (out: the folder the
+  runs write) until per_trial kills, then to completion; returns {"kills": [...],
+  "problems": [...], ...}."""
   target = os.path.join(root, "out")
   os.makedirs(root)
   args = train_args(target) if job == "train" else eval_args(ref_train, target)
   kills, runs = [], 0
   while True:
-    plan = next(plans) if len(kills) < per_trial else {}
-    run = run_job(args, kill_point=plan.get("kill_point"), kill_after=plan.get("kill_after"))
+    planned = plan(target) if len(kills) < per_trial else {}
+    run = run_job(args, kill_point=planned.get("kill_point"),
+                  kill_after=planned.get("kill_after"))
     runs += 1
     if run.killed:
       phase, evidence = phase_hit(run, target)
-      kills.append({"job": job, "planned": plan["planned"], "phase": phase,
+      kills.append({"job": job, "planned": planned["planned"], "phase": phase,
                     "evidence": evidence, "after_seconds": round(run.seconds, 2)})
-      log(f"  kill: {job:5s} {plan['planned']:32s} at {run.seconds:5.1f} s -> {phase} "
+      log(f"  kill: {job:5s} {planned['planned']:32s} at {run.seconds:5.1f} s -> {phase} "
           f"({evidence})")
       continue
     if run.returncode != 0:
@@ -466,20 +497,19 @@ def main(argv=None) -> dict:
       if run.returncode != 0:
         common.fail(f"the uninterrupted {job} run failed ({run.returncode}): "
                     f"{run.text()[-1500:]}", code=1)
-      refs[job] = reference_of(run, job)
-      print(f"reference {job}: {run.seconds:.1f} s, kill points reached "
-            f"{refs[job].counts}; longest compile {refs[job].spans['compile']:.1f} s")
+      refs[job] = reference_of(run, job, out)
+      print(f"reference {job}: {run.seconds:.1f} s, parts {refs[job].parts}; longest "
+            f"compile {refs[job].longest_compile:.1f} s")
     rng = random.Random(args.seed)
     trials, kills = [], []
 
-    def plans(job):
-      while True:
-        yield plan_kill(rng, job, refs[job])
+    def planner(job):
+      return lambda out: plan_kill(rng, job, refs[job], points_left(job, refs[job], out))
 
-    def do_trial(job, plan_iter, per_trial):
+    def do_trial(job, plan, per_trial):
       index = len(trials)
       print(f"trial {index + 1} ({job}):")
-      trial = run_trial(job, plan_iter, os.path.join(base, f"trial{index + 1:02d}_{job}"),
+      trial = run_trial(job, plan, os.path.join(base, f"trial{index + 1:02d}_{job}"),
                         ref_train, ref_eval, per_trial=per_trial)
       trials.append(trial)
       kills.extend(trial["kills"])
@@ -490,13 +520,13 @@ def main(argv=None) -> dict:
     jobs = ("train", "eval")
     while len(kills) < args.kills:
       job = jobs[len(trials) % 2]
-      do_trial(job, plans(job), min(args.per_trial, args.kills - len(kills)))
+      do_trial(job, planner(job), min(args.per_trial, args.kills - len(kills)))
     # Every phase must be hit: a phase the random kills missed gets a kill aimed at it.
     for phase in PHASES:
       if not any(k["phase"] == phase for k in kills):
         job, plan = _targeted(phase)
         print(f"no random kill hit {phase}: one aimed at it")
-        do_trial(job, iter([plan]), 1)
+        do_trial(job, lambda out, plan=plan: plan, 1)
     survived = sum(len(t["kills"]) for t in trials if not t["problems"])
     by_phase = {p: sum(k["phase"] == p for k in kills)
                 for p in PHASES + ("other",)}
