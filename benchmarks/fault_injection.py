@@ -32,7 +32,9 @@ kill counts as survived when its trial's final files equal the reference's. Prin
 per kill and per trial, the kills per phase, and "kills survived: K of K".
 """
 
+import builtins
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -479,7 +481,10 @@ def run_trial(job: str, plan, root: str, ref_train: str, ref_eval: str, *,
 
 
 def main(argv=None) -> dict:
+  """Runs the references and the trials; prints the figures; returns them as a dict
+  {"kills", "survived", "by_phase", "seed", "seconds", "trials"}."""
   args = parse_args(argv)
+  print = functools.partial(builtins.print, flush=True)  # noqa: A001  (progress as it comes)
   from benchmarks import common
   t_start = time.monotonic()
   base = args.workdir or tempfile.mkdtemp(prefix="jaxpure_faults_")
@@ -510,7 +515,7 @@ def main(argv=None) -> dict:
       index = len(trials)
       print(f"trial {index + 1} ({job}):")
       trial = run_trial(job, plan, os.path.join(base, f"trial{index + 1:02d}_{job}"),
-                        ref_train, ref_eval, per_trial=per_trial)
+                        ref_train, ref_eval, per_trial=per_trial, log=print)
       trials.append(trial)
       kills.extend(trial["kills"])
       verdict = "equal to the uninterrupted run" if not trial["problems"] else (
@@ -531,7 +536,7 @@ def main(argv=None) -> dict:
     by_phase = {p: sum(k["phase"] == p for k in kills)
                 for p in PHASES + ("other",)}
     seconds = time.monotonic() - t_start
-    print(f"kills per phase: " + ", ".join(f"{p} {n}" for p, n in by_phase.items()))
+    print("kills per phase: " + ", ".join(f"{p} {n}" for p, n in by_phase.items()))
     print(f"trials: {len(trials)}, runs: {sum(t['runs'] for t in trials)}, "
           f"{seconds:.0f} s in all")
     print(f"kills survived: {survived} of {len(kills)}")

@@ -141,15 +141,15 @@ def test_checkpoint_arrays_are_read_back_bit_for_bit(tmp_path):
   a = checkpoint.save_variables(str(tmp_path / "a"), variables, identity)
   flipped = w.copy()
   flipped.view(np.uint32)[1, 2] ^= 1
-  b = checkpoint.save_variables(str(tmp_path / "b"), {"params": {"w": flipped,
-                                                                 "b": np.arange(3, dtype=np.int32)}},
-                                identity)
+  b = checkpoint.save_variables(
+      str(tmp_path / "b"), {"params": {"w": flipped, "b": np.arange(3, dtype=np.int32)}},
+      identity)
   got = fi.checkpoint_arrays(a)
   assert sorted(got) == ["['params']['b']", "['params']['w']"]
   assert got["['params']['w']"].tobytes() == w.tobytes()
   assert fi._same_arrays(got, fi.checkpoint_arrays(a)) is None
-  assert fi._same_arrays(got, fi.checkpoint_arrays(b)) == "['params']['w'] differs " \
-      "(float32(3, 4) vs float32(3, 4))"
+  assert fi._same_arrays(got, fi.checkpoint_arrays(b)) == (
+      "['params']['w'] differs (float32(3, 4) vs float32(3, 4))")
 
 
 def test_the_phase_of_a_kill_is_read_from_what_it_left(tmp_path):
