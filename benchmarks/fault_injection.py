@@ -424,9 +424,10 @@ def plan_kill(rng: random.Random, job: str, ref: Reference, left: dict) -> dict:
   """One kill, drawn at random: at a kill point the run will reach (which arrival, how long
   after it; `left`: {point: arrivals to come}), or at a time of the run."""
   how = rng.choice([p for p in POINTS[job] if left.get(p)] + ["time"])
-  if how == "time":
-    return {"kill_after": round(rng.uniform(ref.first_line, ref.seconds), 3),
-            "planned": "time"}
+  if how == "time":  # within the part of the reference's length that is left to run
+    total = sum(steps for steps, _ in ref.parts.values())
+    end = ref.first_line + (ref.seconds - ref.first_line) * max(left["step"] / total, 0.25)
+    return {"kill_after": round(rng.uniform(ref.first_line, end), 3), "planned": "time"}
   n = rng.randint(1, left[how])
   if how == "compile":
     delay = rng.uniform(0, ref.longest_compile)
