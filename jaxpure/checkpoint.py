@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxpure import faults
 from jaxpure.errors import CheckpointDamagedError, CheckpointMismatchError
 
 #: Version of the checkpoint metadata; bumped when a model's computation changes so that older
@@ -83,6 +84,8 @@ class Checkpointer:
     saved = self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_dict), metadata=ocp.args.JsonSave(metadata)),
                                force=force)
+    if saved:
+      faults.reached("checkpoint_write")
     return bool(saved)
 
   def read_metadata(self, step: int | None = None) -> dict[str, Any]:

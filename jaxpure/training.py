@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpure import parallel
+from jaxpure import faults, parallel
 from jaxpure.errors import NonFiniteLossError
 
 # loss_fn(params, model_state, batch, key) -> (loss, (new_model_state, metrics dict))
@@ -155,6 +155,7 @@ def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[
       return LoopResult(state, completed=False)
     if step + 1 == first_step:
       print_fn(f"[{model}] compiling the train step (the first step includes it) ...")
+      faults.reached("compile")
     state, metrics = train_step(state, batches(step), key)
     step += 1
     if step == first_step:
@@ -195,5 +196,6 @@ def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[
                f"{rate:.2f} steps/s  ETA {format_duration(eta)}")
     if is_save:
       checkpointer.save(step, state, force=step == num_steps)
+    faults.reached("step")
   checkpointer.wait()
   return LoopResult(state, completed=True)

@@ -30,7 +30,7 @@ def test_a_missing_gpu_is_one_line_and_exit_2(script):
 
 # The runnable scripts (the other modules of benchmarks/ are libraries they import).
 ALL_SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO_ROOT, "benchmarks"))
-                     if f.endswith(".py") and f.startswith(("bench_", "estimate_")))
+                     if f.endswith(".py") and f.startswith(("bench_", "estimate_", "fault_")))
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS)

@@ -14,6 +14,8 @@ import zipfile
 
 import numpy as np
 
+from jaxpure import faults
+
 
 def signature_hash(signature: dict) -> str:
   """A short stable hash of a JSON-able signature."""
@@ -71,4 +73,5 @@ class BatchStore:
     p = self.path(unit, batch)
     tmp = p + ".tmp.npz"
     np.savez(tmp, **arrays)
+    faults.reached("batch_store")
     os.replace(tmp, p)  # atomic: a killed run never leaves half a batch

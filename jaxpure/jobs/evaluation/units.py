@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpure import attacks as attacks_lib, data, parallel, training
+from jaxpure import attacks as attacks_lib, data, faults, parallel, training
 from jaxpure.defense import Defense, ensemble
 from jaxpure.purifiers.common import example_keys
 
@@ -73,6 +73,7 @@ def compile_stages(unit: Unit, params, batch, cache: dict | None = None,
     key = (stage.compile_key,) + tuple((k, str(shapes[k])) for k in stage.takes)
     if key not in cache:
       on_compile(stage)
+      faults.reached("compile")
       inputs = dict(stage.dynamic, **{k: shapes[k] for k in stage.takes})
       cache[key] = jax.jit(stage.fn).lower(params, batch, inputs).compile()
     compiled.append(cache[key])
@@ -347,6 +348,7 @@ class Runner:
                       f"images  {done / max(run_s, 1e-9):.2f} img/s  "
                       f"ETA {training.format_duration(eta)}{overall}")
         self.after_batch(unit.name, i)
+        faults.reached("step")
       results.append(stored)
     if reused:
       self.print_fn(f"[eval] {unit.name}: reused {reused} stored batches, computed "
