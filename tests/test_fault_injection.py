@@ -183,6 +183,7 @@ def test_the_phase_of_a_kill_is_read_from_what_it_left(tmp_path):
 
 # ----------------------------------------------------------------------------- the whole thing
 @pytest.mark.slow  # about 40 runs of train.py and evaluate.py (minutes)
+@pytest.mark.reference  # bit-exact resume after kills: CI runs it with the reference tier, never cut
 def test_random_sigkills_leave_the_same_checkpoints_and_reports(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
