@@ -20,6 +20,7 @@ from jax import lax
 
 from jaxpure.errors import ConfigError
 from jaxpure.purifiers import common
+from jaxpure.purifiers import remat as remat_lib
 
 NAME = "adp"
 #: The network's time input this family calls it with (see `jaxpure.models.score_function`).
@@ -36,7 +37,9 @@ class Settings:
   (+-sigma_n sqrt(2/pi)); method: "adp", "gd" or "langevin" (see the module docstring);
   max_iter: T; lam, delta, tau: ADP's lambda, delta and stopping threshold; alpha_min,
   alpha_max: ADP's step bounds; step_size: gd/langevin alpha; sigma_p: langevin's sigma;
-  remat: `jax.checkpoint` each step, so gradients keep only the carried iterates.
+  remat: what a gradient through the steps keeps and recomputes: "step", "none",
+  "save_convolutions" or "auto" (`jaxpure.purifiers.remat`; a boolean is the old form: True is
+  "step", False "none").
   """
   sigma_n: float = 0.25
   noise: str = "gaussian"
@@ -49,10 +52,14 @@ class Settings:
   alpha_max: float = 1e-1
   step_size: float = 1e-2
   sigma_p: float = 0.25
-  remat: bool = True
+  remat: str | bool = "step"
 
   def __post_init__(self):
     problems = []
+    try:
+      object.__setattr__(self, "remat", remat_lib.normalize(self.remat))
+    except ConfigError as e:
+      problems.append(str(e))
     if not self.sigma_n >= 0:
       problems.append(f"sigma_n={self.sigma_n} (expected >= 0)")
     if self.noise not in common.NOISE_KINDS:
@@ -124,8 +131,8 @@ def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
 
   Returns (x_T [B, H, W, C] in [0, 1], trace) with the common trace (`common.make_trace`):
   iterates [T + 1, B, ...], step_scalars {"alpha": [T, B] step taken (0 once stopped)},
-  step_mask [T, B] ("active": the example took step t). The steps are one `lax.scan`; with
-  s.remat each step body is `jax.checkpoint`ed.
+  step_mask [T, B] ("active": the example took step t). The steps are one `lax.scan` whose
+  body is rematerialised under the policy s.remat (`remat_lib.wrap`).
   """
   noise_keys = jax.vmap(lambda k: jax.random.split(k))(keys)  # [B, 2]
   x0 = common.randomize(x, noise_keys[:, 0], s.sigma_n, s.noise)
@@ -140,8 +147,7 @@ def purify_chain(score_fn, params, x: jax.Array, keys: jax.Array, s: Settings):
     x_next = jnp.clip(x_next, 0.0, 1.0)
     return (x_next, active), (alpha, active, x_next)
 
-  if s.remat:
-    step = jax.checkpoint(step)
+  step = remat_lib.wrap(step, s.remat)
   init = (x0, jnp.ones(x.shape[:1], bool))
   (x_final, _), (alphas, actives, iterates) = lax.scan(step, init, jnp.arange(s.max_iter))
   trace = common.make_trace(jnp.concatenate([x0[None], iterates], axis=0),
