@@ -550,7 +550,7 @@ def run_benchmark(args) -> dict:
   report["total_wall_s"] = time.perf_counter() - wall_start
   print(f"total wall time: {report['total_wall_s']:.0f} s")
   for name, a in achieved.items():
-    print(f"{name}: {a['flop_per_s'] / 1e12:.2f} TFLOP/s achieved (XLA's FLOP count / median "
+    print(f"{name}: {a['flop_per_s'] / 1e9:.1f} GFLOP/s achieved (XLA's FLOP count / median "
           "time)" + "".join(f", {v:.1%} of the {k[len('fraction_of_'):-len('_peak')]} peak"
                             for k, v in a.items() if k.startswith("fraction_of_")))
   for key, r in ratios.items():

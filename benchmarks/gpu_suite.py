@@ -263,7 +263,7 @@ def summary_rows(part: str, report: dict | None) -> list[str]:
   for name, a in (report.get("achieved_flops") or {}).items():
     fr = "".join(f", {v:.1%} of {k[12:-5]} peak" for k, v in a.items()
                  if k.startswith("fraction_of_"))
-    rows.append(f"  {name}: {a['flop_per_s'] / 1e12:.2f} TFLOP/s{fr}")
+    rows.append(f"  {name}: {a['flop_per_s'] / 1e9:.1f} GFLOP/s{fr}")
   for name, peak in (report.get("pytorch_peak_bytes") or {}).items():
     if peak is not None:
       rows.append(f"  {name}: peak {peak / 2**20:.0f} MiB")
