@@ -103,10 +103,11 @@ def _sizes(tiny: bool) -> dict:
             "repeats": "1"}
   # ADP at n = 1: "none" keeps every step's activations (about 25 GiB at B = 16, T = 10,
   # 16 purifications; 50 GiB at n = 2, RESULTS.md), and PyTorch's autograd needs as much
-  # beside JAX's pool on an 80 GB card.
+  # beside JAX's pool on an 80 GB card. DiffPure at B = 8, n = 1, N = 10: "none" compiles to
+  # 35 GB at B = 16 (RESULTS.md, "through DiffPure versus N"), so about 18 GB here.
   return {"adp": ["--batch", "16", "--n_eot", "1"],
-          "diffpure": ["--config", "configs/cifar10_diffpure.py", "--batch", "16", "--n_eot",
-                       "2", "--max_iter", "10"],
+          "diffpure": ["--config", "configs/cifar10_diffpure.py", "--batch", "8", "--n_eot",
+                       "1", "--max_iter", "10"],
           "purify": ["--torch_compile", "off", "--check_batch", "1", "--repeats", "2"],
           "diffpure_purify": {"config": "configs/cifar10_diffpure.py", "batch": 16,
                               "restarts": 4, "num_steps": 10, "repeats": 2},
