@@ -9,6 +9,7 @@ Every example's randomness comes from its index in the test split.
 """
 
 import dataclasses
+import functools
 import json
 import time
 import zlib
@@ -83,15 +84,22 @@ def compile_stages(unit: Unit, params, batch, cache: dict | None = None,
       on_compile(stage)
       inputs = dict(stage.dynamic, **{k: shapes[k] for k in stage.takes})
       budget = remat.default_budget_bytes() if memory_budget is None else memory_budget
-      # A new function per build: jax.jit's trace cache would hand a later candidate the
-      # first candidate's trace.
-      cache[key] = remat.choose(lambda: jax.jit(lambda *a: stage.fn(*a)).lower(
-          params, batch, inputs).compile(), budget)
+      cache[key] = remat.choose(
+          lambda: jax.jit(_fresh(stage.fn)).lower(params, batch, inputs).compile(), budget)
       if cache[key][1] is not None:
         remat_choices[unit.name + (f": {stage.label}" if stage.label else "")] = cache[key][1]
     compiled.append(cache[key][0])
     shapes.update(compiled[-1].out_info)
   return compiled
+
+
+def _fresh(fn):
+  """A new function object calling fn, with fn's name (the compiled module's name): each of
+  `remat.choose`'s candidates must be traced anew, and jax.jit caches traces per function."""
+  @functools.wraps(fn)
+  def program(*args):
+    return fn(*args)
+  return program
 
 
 def call_stages(unit: Unit, compiled: list, params, batch) -> dict:
