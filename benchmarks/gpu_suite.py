@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -155,7 +156,7 @@ def run_part(argvs: list, limit: float | None, env: dict) -> dict:
   start = time.perf_counter()
   logs = [tempfile.TemporaryFile(mode="w+") for _ in argvs]
   procs = [subprocess.Popen(a, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
-                            text=True) for a, f in zip(argvs, logs)]
+                            text=True, start_new_session=True) for a, f in zip(argvs, logs)]
   status = "ok"
   for p in procs:
     left = None if limit is None else max(0.1, limit - (time.perf_counter() - start))
@@ -164,8 +165,8 @@ def run_part(argvs: list, limit: float | None, env: dict) -> dict:
     except subprocess.TimeoutExpired:
       status = "timeout"
   for p in procs:
-    if p.poll() is None:
-      p.kill()
+    if p.poll() is None:  # the process and anything it started
+      os.killpg(p.pid, signal.SIGKILL)
       p.wait()
     elif p.returncode != 0 and status == "ok":
       status = "failed"
