@@ -7,6 +7,7 @@
   python benchmarks/bench_attack.py --batch 2 --n_eot 1           # CIFAR-10 size, cut down
   python benchmarks/bench_attack.py --quick --config configs/digits_diffpure.py  # DiffPure
   python benchmarks/bench_attack.py --device gpu --config configs/cifar10_diffpure.py --max_iter 20
+  python benchmarks/bench_attack.py --quick --remat none,save_convolutions,step  # each policy
 
 The gradient is what every exact-gradient attack step computes (`pgd_eot_full`, `apgd_eot`):
 per example the cross-entropy of the classifier averaged over n EOT purifications (the
@@ -15,8 +16,11 @@ input through the whole purifier (noise, every step; ADP's adaptive step size an
 DiffPure's diffusion and every reverse step). In one process, on the same weights, batch,
 labels and noise, it times
 - `jaxpure`: `jaxpure.attacks.eot.exact_eot_gradient` on the config's defense, jitted (the
-  purifier's steps one `lax.scan`, each step `jax.checkpoint`ed when the config's `remat`);
-  compile time reported apart;
+  purifier's steps one `lax.scan`, rematerialised under the config's `remat` policy, or under
+  each policy of --remat: then one implementation `jaxpure_<policy>` per policy, "auto"
+  resolved by `jaxpure.purifiers.remat.choose` against --memory_budget_gb); compile time,
+  compiled temporary memory, XLA's FLOP count (cost analysis) and the achieved FLOP/s
+  reported per policy;
 - `pytorch_autograd`: `torch_reference.exact_eot_gradient` (ADP) or
   `torch_diffpure.exact_eot_gradient` (DiffPure): autograd through the Python loop of the
   purifier's steps, every activation kept (Croce et al. 2022's way of attacking purifiers);
@@ -93,14 +97,34 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--tolerance", type=float, default=1e-8,
                  help="largest float64 gradient difference allowed, relative to max |gradient|")
   p.add_argument("--check_batch", type=int, default=8,
-                 help="images in the float64 agreement check (default 8)")
+                 help="images in the float64 agreement check (default 8; 0 skips the check)")
+  p.add_argument("--remat", default=None,
+                 help="comma-separated remat policies to time jaxpure under (none, "
+                      "save_convolutions, step, auto; default: the config's)")
+  p.add_argument("--memory_budget_gb", type=float, default=0.0,
+                 help="budget of --remat auto in GiB (default 0: the device's default, "
+                      "jaxpure.purifiers.remat.default_budget_bytes)")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="the device's peak TFLOP/s for the achieved fraction (default: a known "
+                      "GPU's float32 figures, none on the CPU)")
+  p.add_argument("--compile_only", action="store_true",
+                 help="compile jaxpure's gradient under each --remat policy and stop (fills a "
+                      "compilation cache: benchmarks/gpu_suite.py)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
   args = p.parse_args(argv)
-  for name in ("batch", "n_eot", "max_iter", "repeats", "check_batch"):
+  for name in ("batch", "n_eot", "max_iter", "repeats"):
     value = getattr(args, name)
     if value is not None and value < 1:
       fail(f"--{name}={value}; expected >= 1")
+  if args.check_batch < 0:
+    fail(f"--check_batch={args.check_batch}; expected >= 0")
+  if args.remat is not None:
+    from jaxpure.purifiers import remat
+    args.remat = [p.strip() for p in args.remat.split(",") if p.strip()]
+    bad = [p for p in args.remat if p not in remat.POLICIES]
+    if bad or not args.remat or len(set(args.remat)) != len(args.remat):
+      fail(f"--remat {','.join(args.remat)}: expected distinct names from {remat.POLICIES}")
   if not args.tolerance > 0:
     fail(f"--tolerance={args.tolerance}; expected > 0")
   return args
@@ -273,6 +297,45 @@ def check_agreement_float64(config, defense, variables, x_np, y_np, seed: int, n
   return out
 
 
+#: Peak dense TFLOP/s of known accelerators (vendor figures, SXM parts): float32 on the CUDA
+#: cores and TF32 on the tensor cores (what XLA uses for float32 convolutions by default).
+PEAK_TFLOPS = {"H100": {"float32": 67.0, "tf32": 494.7}, "H200": {"float32": 67.0, "tf32": 494.7},
+               "A100": {"float32": 19.5, "tf32": 156.0}}
+
+
+def peak_tflops(device_kind: str, given: float | None) -> dict:
+  """{"float32", "tf32"} peak TFLOP/s of the device (a PEAK_TFLOPS entry whose name is in
+  device_kind), or {"given": given} when --peak_tflops is set; {} when unknown."""
+  if given:
+    return {"given": given}
+  for name, peaks in PEAK_TFLOPS.items():
+    if name in device_kind:
+      return dict(peaks)
+  return {}
+
+
+def compile_policy(defense, policy: str, n_eot: int, args_, budget: int):
+  """jaxpure's exact EOT gradient of `defense` under remat `policy`, compiled for args_
+  (variables, keys, x, y): (compiled, {"compile_s", "temp_bytes", "flops", "auto"})."""
+  import jax
+  from jaxpure.attacks import eot
+  from jaxpure.purifiers import remat
+  d = dataclasses.replace(defense, settings=dataclasses.replace(defense.settings, remat=policy))
+  est = eot.exact_eot_gradient(d, "ce", n_eot)
+  start = time.perf_counter()
+  compiled, record = remat.choose(lambda: jax.jit(lambda *a: est(*a)).lower(*args_).compile(),
+                                  budget)
+  info = {"compile_s": time.perf_counter() - start, "temp_bytes": remat.temp_bytes(compiled),
+          "flops": None, "auto": record}
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    info["flops"] = float(cost["flops"]) if cost and "flops" in cost else None
+  except Exception:  # noqa: BLE001  (a backend without cost analysis)
+    pass
+  return compiled, info
+
+
 # ----------------------------------------------------------------------------- the run
 def run_benchmark(args) -> dict:
   import flax
@@ -322,6 +385,9 @@ def run_benchmark(args) -> dict:
   n_eot = args.n_eot or config.attack.apgd_eot.n_eot
   repeats = args.repeats or (5 if args.quick else 3)
   check_n = min(args.check_batch, batch)
+  from jaxpure.purifiers import remat as remat_lib
+  policies = args.remat or [settings.remat]
+  jax_names = {p: "jaxpure" if len(policies) == 1 else f"jaxpure_{p}" for p in policies}
   shape = model_specs.image_shape(config)
 
   report = {"mode": "quick" if args.quick else "full", "config": os.path.relpath(config_path),
@@ -343,7 +409,7 @@ def run_benchmark(args) -> dict:
         f"n={n_eot} EOT purifications, x [B={batch}, {shape[0]}, {shape[1]}, {shape[2]}], "
         f"{score_description(config)}, classifier {config.classifier.model}, {family} "
         f"{steps} steps ({settings.network_evaluations() // steps} network evaluation(s) per "
-        f"step), remat {settings.remat}; "
+        f"step), remat {', '.join(policies)}; "
         f"median seconds per gradient of the batch over {repeats} rounds after a warm-up")
 
   with jax.default_device(jax_device):
@@ -353,9 +419,13 @@ def run_benchmark(args) -> dict:
     report.update(weights=weights, inputs=inputs + "; random labels")
     print(f"weights: {weights}; inputs: {inputs}, random labels")
 
-    # ---- agreement, in float64, before any timing
-    agree = check_agreement_float64(config, defense, variables, x_np, y_np, args.seed, n_eot,
-                                    check_n, torch_device)
+    # ---- agreement, in float64, before any timing (--check_batch 0 skips it)
+    agree = (check_agreement_float64(config, defense, variables, x_np, y_np, args.seed, n_eot,
+                                     check_n, torch_device) if check_n else None)
+  if agree is None:
+    report["agreement_float64"] = None
+    print("agreement check: skipped (--check_batch 0)")
+  else:
     report["agreement_float64"] = dict(agree, images=check_n, tolerance=args.tolerance)
     print(f"agreement check (float64, {check_n} images, n={n_eot}): noisy starts max |diff| = "
           f"{agree['noisy_start']:.1e}; max |gradient| = {agree['max_abs_gradient']:.2e}")
@@ -370,27 +440,42 @@ def run_benchmark(args) -> dict:
           + ([f"noisy starts differ by {agree['noisy_start']:.3e}"]
              if start_bad else [])), code=1)
 
-    # ---- float32, the timed batch
+  # ---- float32, the timed batch: jaxpure compiled under each remat policy
+  budget = remat_lib.budget_bytes(args.memory_budget_gb or None, jax_device)
+  jax_runs, g_jax, policy_info = {}, None, {}
+  with jax.default_device(jax_device):
     x = jax.device_put(jnp.asarray(x_np), jax_device)
     y = jax.device_put(jnp.asarray(y_np), jax_device)
     keys = pc.example_keys(jax.random.key(args.seed), jnp.arange(batch))
     noise = purifier_noise(defense, keys, x, n_eot)
-    est = jax.jit(eot.exact_eot_gradient(defense, "ce", n_eot))
-    compile_start = time.perf_counter()
-    compiled = est.lower(variables, keys, x, y).compile()
-    report["jaxpure_compile_s"] = time.perf_counter() - compile_start
-    print(f"jaxpure compile: {report['jaxpure_compile_s']:.1f} s")
-    run_jax = lambda: compiled(variables, keys, x, y)  # noqa: E731
-    g_jax = np.asarray(run_jax()[1])
-
-    memory = compiled.memory_analysis()
-    report["jaxpure_temp_bytes"] = int(memory.temp_size_in_bytes) if memory else None
+    for policy in policies:
+      compiled, info = compile_policy(defense, policy, n_eot, (variables, keys, x, y), budget)
+      policy_info[policy] = info
+      run = lambda compiled=compiled: compiled(variables, keys, x, y)  # noqa: E731
+      jax_runs[jax_names[policy]] = run
+      g = None if args.compile_only else np.asarray(run()[1])
+      g_jax = g if g_jax is None else g_jax  # the first policy's, for the float32 comparison
+      temp = info["temp_bytes"]
+      chosen = f" (auto chose {info['auto']['policy']})" if info["auto"] else ""
+      print(f"jaxpure remat {policy}{chosen}: compile {info['compile_s']:.1f} s, compiled "
+            f"temporaries " + (f"{temp / 2**20:.0f} MiB" if temp is not None else "not reported")
+            + (f", {info['flops'] / 1e9:.1f} GFLOP per gradient (XLA cost analysis)"
+               if info["flops"] else ""), flush=True)
+  first = policy_info[policies[0]]
+  report.update(jaxpure_compile_s=first["compile_s"], jaxpure_temp_bytes=first["temp_bytes"],
+                remat_policies={jax_names[p]: dict(info, policy=p)
+                                for p, info in policy_info.items()},
+                memory_budget_bytes=budget)
+  print(f"jaxpure compile: {first['compile_s']:.1f} s")
+  if args.compile_only:
+    report["total_wall_s"] = time.perf_counter() - wall_start
+    return report
 
   nets = torch_networks(variables, config, torch_device, torch.float32)
   torch_fns = torch_gradients(nets, defense, x_np, y_np, noise, torch_device)
   cuda = torch_device == "cuda"
   sync_torch = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
-  runs = {"jaxpure": (run_jax, lambda out: jax.block_until_ready(out))}
+  runs = {name: (run, lambda out: jax.block_until_ready(out)) for name, run in jax_runs.items()}
   # Each PyTorch variant's first float32 call; one that runs out of device memory (autograd
   # keeps every step's activations) is reported and left out of the timing.
   def first_call(fn):
@@ -404,16 +489,16 @@ def run_benchmark(args) -> dict:
       release=torch.cuda.empty_cache if cuda else (lambda: None))
   report["out_of_memory"] = out_of_memory
   report["pytorch_peak_bytes"] = {name: peak for name, (_, peak) in firsts.items()}
-  temp = report["jaxpure_temp_bytes"]
-  print("memory: jaxpure's compiled temporaries "
-        + (f"{temp / 2**20:.0f} MiB" if temp is not None else "not reported")
+  print("memory: jaxpure's compiled temporaries " + ", ".join(
+      f"{p} " + (f"{i['temp_bytes'] / 2**20:.0f} MiB" if i["temp_bytes"] is not None
+                 else "not reported") for p, i in policy_info.items())
         + "".join(f"; {name} peak allocated {peak / 2**20:.0f} MiB"
                   for name, peak in report["pytorch_peak_bytes"].items() if peak is not None))
   for name, message in out_of_memory.items():
     print(f"{name}: out of memory at this size, not timed ({message})")
   # Examples whose gradient is not finite (NaN/inf) are counted and left out of the diffs.
   finite = lambda g: np.isfinite(g).reshape(len(g), -1).all(-1)  # noqa: E731
-  info = {"jaxpure": {"nonfinite_examples": int(np.sum(~finite(g_jax)))}}
+  info = {jax_names[policies[0]]: {"nonfinite_examples": int(np.sum(~finite(g_jax)))}}
   for name, (out, _) in firsts.items():
     runs[name] = (torch_fns[name], sync_torch)
     g = to_nhwc(out[1])
@@ -441,19 +526,38 @@ def run_benchmark(args) -> dict:
       for name, t in took.items():
         seconds[name].append(t)
   median = {name: statistics.median(v) for name, v in seconds.items()}
-  ratios = {f"jaxpure/{name}": common.pairwise_ratio(seconds, name) for name in names[1:]}
+  torch_names = [n for n in names if n not in jax_runs]
+  ratios = {f"{j}/{name}": common.pairwise_ratio(seconds, name, j)
+            for j in jax_runs for name in torch_names}
+  if len(jax_runs) > 1:  # how each policy compares with per-step remat, in the same rounds
+    base = jax_names.get("step")
+    ratios.update({f"{j}/{base}": common.pairwise_ratio(seconds, base, j)
+                   for j in jax_runs if base and j != base})
+  peaks = peak_tflops(jax_device.device_kind, args.peak_tflops)
+  achieved = {}
+  for p, i in policy_info.items():
+    if i["flops"]:
+      rate = i["flops"] / median[jax_names[p]]
+      achieved[jax_names[p]] = {"flop_per_s": rate, **{
+          f"fraction_of_{k}_peak": rate / (v * 1e12) for k, v in peaks.items()}}
   report.update(seconds=seconds, median_s=median, ratios=ratios,
-                images_per_sec={k: batch / v for k, v in median.items()})
+                images_per_sec={k: batch / v for k, v in median.items()},
+                achieved_flops=achieved, peak_tflops=peaks)
   for name in names:
     print(f"{name}: median {median[name]:.3f} s per gradient of {batch} images "
           f"({batch / median[name]:.1f} images/s; min {min(seconds[name]):.3f} s, "
           f"max {max(seconds[name]):.3f} s)")
   report["total_wall_s"] = time.perf_counter() - wall_start
   print(f"total wall time: {report['total_wall_s']:.0f} s")
+  for name, a in achieved.items():
+    print(f"{name}: {a['flop_per_s'] / 1e9:.1f} GFLOP/s achieved (XLA's FLOP count / median "
+          "time)" + "".join(f", {v:.1%} of the {k[len('fraction_of_'):-len('_peak')]} peak"
+                            for k, v in a.items() if k.startswith("fraction_of_")))
   for key, r in ratios.items():
     common.print_ratio(key, r)
-  for name in out_of_memory:
-    print(f"ratio jaxpure/{name}: none ({name} ran out of memory)")
+  for j in jax_runs:
+    for name in out_of_memory:
+      print(f"ratio {j}/{name}: none ({name} ran out of memory)")
   return report
 
 

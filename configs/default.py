@@ -5,6 +5,13 @@ and change only what differs. Pixels are in [0, 1] everywhere.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+
+def remat_setting(value):
+  """A purifier's `remat` field: a policy name, or the boolean of older configs (any type, so
+  `remat = True` in a config file and `--config.purifiers.adp.remat=auto` both work)."""
+  return config_dict.FieldReference(value, field_type=object)
 
 
 def get_config():
@@ -108,7 +115,10 @@ def get_config():
   adp.alpha_max = 1e-1
   adp.step_size = 1e-2  # gd / langevin
   adp.sigma_p = 0.25  # langevin
-  adp.remat = True  # jax.checkpoint each step: memory flat in T under jax.grad
+  # What a gradient through the steps keeps ("none": everything, the fastest; "step": only the
+  # iterates, memory flat in T; "save_convolutions": the convolution outputs; "auto": the
+  # fastest that fits config.attack.memory_budget_gb). True/False (older configs) = step/none.
+  adp.remat = remat_setting("step")
   # DiffPure (docs/design.md#1-the-method): needs a time-conditioned network (score.model = "ddpmpp").
   config.purifiers.diffpure = dp = ml_collections.ConfigDict()
   dp.t_star = 0.1  # diffusion time t*
@@ -116,7 +126,7 @@ def get_config():
   dp.sampler = "sde"  # "sde" (Euler-Maruyama), "ddpm" (ancestral) or "ddim"
   dp.beta_min = 0.1  # the VP-SDE the network was trained on (config.sde)
   dp.beta_max = 20.0
-  dp.remat = True
+  dp.remat = remat_setting("step")  # as adp.remat
 
   # evaluate.py
   config.eval = ev = ml_collections.ConfigDict()
@@ -181,6 +191,10 @@ def get_config():
   at.batch_size = 100
   at.seed = 2
   at.eot_chunk = 0  # exact-gradient attacks: EOT samples differentiated at a time (0 = all)
+  # The budget of a purifier's remat = "auto": the compiled temporary memory (GiB) an attack's
+  # program may take. 0 = 80% of the accelerator's allocator limit, or 8 GiB on the CPU
+  # (`jaxpure.purifiers.remat.default_budget_bytes`).
+  at.memory_budget_gb = 0.0
   # Attacks through the purifier: weight of a DiffAttack-style deviation loss (the distance of
   # the purification path from the clean input's) added to their loss; 0 = none.
   at.deviation_weight = 0.0

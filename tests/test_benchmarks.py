@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -393,3 +394,63 @@ def test_bench_xla_flags_refuses_a_missing_config_in_one_line():
   assert out.returncode == 2
   assert [l for l in out.stderr.splitlines() if l.strip()] == [
       "error: --config configs/no_such_config.py: no such file (see --help)"], out.stderr
+
+
+@pytest.mark.slow  # compiles the gradient under two policies (minutes on 2 cores)
+def test_bench_attack_times_each_remat_policy(tmp_path):
+  pytest.importorskip("torch")
+  report = tmp_path / "attack.json"
+  out = _run("bench_attack.py", "--quick", "--batch", "4", "--n_eot", "1", "--max_iter", "3",
+             "--repeats", "1", "--check_batch", "0", "--remat", "none,step", "--json",
+             str(report))
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(report.read_text())
+  policies = r["remat_policies"]
+  assert {i["policy"] for i in policies.values()} == {"none", "step"}
+  # keeping every step's activations takes more compiled memory than recomputing each step
+  assert policies["jaxpure_none"]["temp_bytes"] > policies["jaxpure_step"]["temp_bytes"]
+  for j in ("jaxpure_none", "jaxpure_step"):
+    for name in ("pytorch_autograd", "pytorch_autograd_checkpoint"):
+      assert r["ratios"][f"{j}/{name}"]["pairs"] == 1
+      assert f"ratio {j}/{name}:" in out.stdout
+    assert policies[j]["flops"] > 0 and r["achieved_flops"][j]["flop_per_s"] > 0
+  assert "ratio jaxpure_none/jaxpure_step:" in out.stdout
+
+
+@pytest.mark.slow  # every part of the GPU suite at tiny sizes on the CPU (several minutes)
+def test_gpu_suite_runs_every_part_at_tiny_sizes_on_the_cpu(tmp_path):
+  pytest.importorskip("torch")
+  out_json = tmp_path / "suite.json"
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "gpu_suite.py"), "--tiny",
+       "--device", "cpu", "--out", str(out_json), "--cache_dir", str(tmp_path / "cache")],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), start_new_session=True)
+  try:  # ~8 min on an idle 2-core machine
+    stdout, stderr = proc.communicate(timeout=1800)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)  # the suite and the benchmarks it started
+    proc.communicate()
+    raise
+  out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+  assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+  suite = json.loads(out_json.read_text())
+  parts = suite["parts"]
+  assert list(parts) == ["compile_ahead", "purify_adp", "purify_diffpure", "gradient_adp",
+                         "gradient_diffpure"]
+  assert all(p["status"] == "ok" for p in parts.values()), {k: p["tail"] for k, p in
+                                                            parts.items()}
+  assert len(parts["compile_ahead"]["reports"]) == 6
+  for fam in ("adp", "diffpure"):
+    rep = parts[f"gradient_{fam}"]["reports"][f"gradient_{fam}"]
+    temp = {i["policy"]: i["temp_bytes"] for i in rep["remat_policies"].values()}
+    assert temp["none"] >= temp["save_convolutions"] >= temp["step"], (fam, temp)
+    assert temp["none"] > temp["step"], (fam, temp)
+    assert rep["ratios"]["jaxpure_none/pytorch_autograd"]["pairs"] == 1
+  adp = parts["purify_adp"]["reports"]["purify_adp"]
+  assert "jaxpure/pytorch_batched" in adp["ratios"]
+  dp = parts["purify_diffpure"]["reports"]["purify_diffpure"]
+  # the same noise on both sides: the purified images agree to float32 rounding
+  assert dp["float32_max_abs_diff_not_checked"] < 1e-4
+  assert dp["ratios"]["jaxpure/pytorch_batched"]["pairs"] == 1
+  assert "total wall time" in out.stdout and "gradient_diffpure" in out.stdout

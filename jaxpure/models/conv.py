@@ -32,6 +32,8 @@ import jax.numpy as jnp
 from jax import custom_jvp, lax
 from jax.custom_derivatives import SymbolicZero
 
+from jaxpure.purifiers import remat
+
 
 def _hashable(padding):
   return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
@@ -76,13 +78,16 @@ def conv_general_dilated(inputs, kernel, window_strides, padding, lhs_dilation=N
   """`lax.conv_general_dilated` (the arguments Flax's `nn.Conv` passes), with the
   loop-friendly input gradient described in the module docstring."""
   if feature_group_count != 1:
-    return lax.conv_general_dilated(inputs, kernel, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    precision=precision)
-  n = inputs.ndim - 2
-  dn = lax.conv_dimension_numbers(inputs.shape, kernel.shape, dimension_numbers)
-  return _conv(inputs, kernel, tuple(window_strides), _hashable(padding),
-               tuple(lhs_dilation or (1,) * n), tuple(rhs_dilation or (1,) * n), dn, precision)
+    y = lax.conv_general_dilated(inputs, kernel, window_strides, padding, lhs_dilation,
+                                 rhs_dilation, dimension_numbers, feature_group_count,
+                                 precision=precision)
+  else:
+    n = inputs.ndim - 2
+    dn = lax.conv_dimension_numbers(inputs.shape, kernel.shape, dimension_numbers)
+    y = _conv(inputs, kernel, tuple(window_strides), _hashable(padding),
+              tuple(lhs_dilation or (1,) * n), tuple(rhs_dilation or (1,) * n), dn, precision)
+  # Named, so the "save_convolutions" remat policy keeps it (`jaxpure.purifiers.remat`).
+  return remat.name_convolution(y)
 
 
 #: `flax.linen.Conv` with this convolution; same fields, names and parameters.

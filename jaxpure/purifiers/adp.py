@@ -23,6 +23,7 @@ from jax import lax
 
 from jaxpure.errors import ConfigError
 from jaxpure.purifiers import common
+from jaxpure.purifiers import remat as remat_lib
 
 NAME = "adp"
 #: The network's time input this family calls it with (see `jaxpure.models.score_function`).
@@ -39,7 +40,9 @@ class Settings:
   (+-sigma_n sqrt(2/pi)); method: "adp", "gd" or "langevin" (see the module docstring);
   max_iter: T; lam, delta, tau: ADP's lambda, delta and stopping threshold; alpha_min,
   alpha_max: ADP's step bounds; step_size: gd/langevin alpha; sigma_p: langevin's sigma;
-  remat: `jax.checkpoint` each step, so gradients keep only the carried iterates.
+  remat: what a gradient through the steps keeps and recomputes: "step", "none",
+  "save_convolutions" or "auto" (`jaxpure.purifiers.remat`; a boolean is the old form: True is
+  "step", False "none").
   """
   sigma_n: float = 0.25
   noise: str = "gaussian"
@@ -52,10 +55,14 @@ class Settings:
   alpha_max: float = 1e-1
   step_size: float = 1e-2
   sigma_p: float = 0.25
-  remat: bool = True
+  remat: str | bool = "step"
 
   def __post_init__(self):
     problems = []
+    try:
+      object.__setattr__(self, "remat", remat_lib.normalize(self.remat))
+    except ConfigError as e:
+      problems.append(str(e))
     if not self.sigma_n >= 0:
       problems.append(f"sigma_n={self.sigma_n} (expected >= 0)")
     if self.noise not in common.NOISE_KINDS:
@@ -126,7 +133,7 @@ def run_steps(score_fn, params, x0: jax.Array, step_keys: jax.Array, s: Settings
   """s.max_iter steps of s.method from x0 [B, H, W, C] in [0, 1] (the field called at level
   s.sigma_n); step_keys [B] (langevin's noise). Returns (x_T [B, H, W, C] in [0, 1], alphas
   [T, B], actives [T, B], iterates [T, B, H, W, C]). The steps are one `lax.scan`; with
-  s.remat each step body is `jax.checkpoint`ed."""
+  the body rematerialised under the policy s.remat (`remat_lib.wrap`)."""
   level = jnp.full(x0.shape[:1], s.sigma_n, x0.dtype)
   field = lambda y: score_fn(params, y, level)  # noqa: E731
   rule = STEP_RULES[s.method]
@@ -137,8 +144,7 @@ def run_steps(score_fn, params, x0: jax.Array, step_keys: jax.Array, s: Settings
     x_next = jnp.clip(x_next, 0.0, 1.0)
     return (x_next, active), (alpha, active, x_next)
 
-  if s.remat:
-    step = jax.checkpoint(step)
+  step = remat_lib.wrap(step, s.remat)
   init = (x0, jnp.ones(x0.shape[:1], bool))
   (x_final, _), (alphas, actives, iterates) = lax.scan(step, init, jnp.arange(s.max_iter))
   return x_final, alphas, actives, iterates

@@ -11,7 +11,8 @@ of dt = t* / N with one of three samplers on the same `lax.scan`:
 - "ddim": the deterministic DDIM step (eta 0) between the same times;
 then map back with (x + 1) / 2 and clip to [0, 1]. s(x, t) = -eps_hat(x, t) / std(t) from the
 time-conditioned network (DDPM++). Every step's noise is drawn from the example's own key, so
-examples never interact; each step is `jax.checkpoint`ed (memory flat in N under jax.grad).
+examples never interact; under jax.grad the steps are rematerialised by the policy
+`settings.remat` ("step", the default: each step `jax.checkpoint`ed, memory flat in N).
 
 The family's "denoise" mode (`denoise`) is the one-shot diffusion denoiser of a smoothed
 classifier (Carlini et al. 2023; `jaxpure.smoothing`).
@@ -25,6 +26,7 @@ from jax import lax
 
 from jaxpure.errors import ConfigError
 from jaxpure.purifiers import common
+from jaxpure.purifiers import remat as remat_lib
 from jaxpure.sde import VPSDE
 
 NAME = "diffpure"
@@ -38,16 +40,21 @@ SAMPLERS = ("sde", "ddpm", "ddim")
 class Settings:
   """t_star: diffusion time t* in (0, 1]; num_steps: reverse steps N (dt = t* / N); sampler:
   "sde", "ddpm" or "ddim"; beta_min, beta_max: the VP-SDE the network was trained on; remat:
-  `jax.checkpoint` each reverse step."""
+  the gradient's rematerialisation policy of the reverse steps (`jaxpure.purifiers.remat`;
+  True is "step", False "none")."""
   t_star: float = 0.1
   num_steps: int = 100
   sampler: str = "sde"
   beta_min: float = 0.1
   beta_max: float = 20.0
-  remat: bool = True
+  remat: str | bool = "step"
 
   def __post_init__(self):
     problems = []
+    try:
+      object.__setattr__(self, "remat", remat_lib.normalize(self.remat))
+    except ConfigError as e:
+      problems.append(str(e))
     if not 0 < self.t_star <= 1:
       problems.append(f"t_star={self.t_star} (expected in (0, 1])")
     if self.num_steps < 1:
@@ -121,8 +128,7 @@ def reverse(score_fn, params, x_t: jax.Array, step_keys: jax.Array, s: Settings)
     x_next = rule(sde, x_t, eps_hat, t, dt, z)
     return x_next, (to_pixels(x_next), t)
 
-  if s.remat:
-    step = jax.checkpoint(step)
+  step = remat_lib.wrap(step, s.remat)
   x_0, (iterates, times) = lax.scan(step, x_t, jnp.arange(s.num_steps))
   return x_0, iterates, times
 

@@ -67,8 +67,20 @@ def make_defense(config) -> Defense:
 
 
 def defense_settings(defense: Defense) -> dict:
-  return {"purifier": defense.family.NAME, "restarts": defense.restarts,
-          "settings": dataclasses.asdict(defense.settings)}
+  """The defense as stored results' signatures name it. The purifier's `remat` policy is left
+  out on purpose: it changes what a gradient keeps and recomputes, not what it computes
+  (`jaxpure.purifiers.remat`), so a stored result is reused under any policy (as on another
+  device). The report records the policy apart (report["remat"])."""
+  settings = dataclasses.asdict(defense.settings)
+  settings.pop("remat", None)
+  return {"purifier": defense.family.NAME, "restarts": defense.restarts, "settings": settings}
+
+
+def memory_budget_bytes(config) -> int:
+  """The byte budget of a remat = "auto" purifier: config.attack.memory_budget_gb GiB, or the
+  device's default when it is 0 or unset (`remat.default_budget_bytes`)."""
+  from jaxpure.purifiers import remat
+  return remat.budget_bytes(config.attack.get("memory_budget_gb", 0.0) or None)
 
 
 def _cost(defense: Defense) -> dict:
@@ -96,7 +108,9 @@ def _search_budget(config, defense: Defense, a_settings: dict, attack_names, run
   sub = units_lib.Runner(runner.params, runner.test_split, count, runner.mesh, runner.store,
                          dict(runner.shared, num_examples=count, first_example=first),
                          print_fn=runner.print_fn, after_batch=runner.after_batch,
-                         is_writer=runner.is_writer, first=first)
+                         is_writer=runner.is_writer, first=first,
+                         memory_budget=runner.memory_budget)
+  sub.remat_choices = runner.remat_choices  # one record of the evaluation's programs
   record = budget_lib.run_search(name, s, defense, sub, attack_key, eval_key,
                                  config.attack.batch_size, config.attack.seed, ev.scoring_runs,
                                  ev.max_gradients_per_image, ev.budget_level)
@@ -164,7 +178,8 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
   runner = units_lib.Runner(params, test_split, n, mesh,
                             store_lib.BatchStore(os.path.join(out_dir, "batches"), print_fn),
                             shared, print_fn=print_fn, after_batch=after_batch,
-                            is_writer=is_writer, first=first)
+                            is_writer=is_writer, first=first,
+                            memory_budget=memory_budget_bytes(config))
 
   scoring_runs = config.eval.scoring_runs
   budget_name = config.eval.budget_attack
@@ -272,6 +287,9 @@ def evaluate(config, workdir: str, attack_names: Sequence[str] = (),
                    "attack_seed": config.attack.seed, "norm": config.attack.norm,
                    "eps": config.attack.eps},
       "cost": _cost(defense),
+      "remat": {"setting": getattr(defense.settings, "remat", None),
+                "memory_budget_bytes": runner.memory_budget,
+                "auto_choices": runner.remat_choices},
       "networks": {kind: {"step": m.step, "fingerprint": m.fingerprint,
                           "model": m.metadata.get("model"), "source": m.source}
                    for kind, m in loaded.items()},

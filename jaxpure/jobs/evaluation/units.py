@@ -9,6 +9,7 @@ Every example's randomness comes from its index in the test split.
 """
 
 import dataclasses
+import functools
 import json
 import time
 import zlib
@@ -20,6 +21,7 @@ import numpy as np
 
 from jaxpure import attacks as attacks_lib, data, faults, parallel, training
 from jaxpure.defense import Defense, ensemble
+from jaxpure.purifiers import remat
 from jaxpure.purifiers.common import example_keys
 
 
@@ -62,12 +64,19 @@ class Unit:
 
 
 def compile_stages(unit: Unit, params, batch, cache: dict | None = None,
-                   on_compile=lambda stage: None) -> list:
+                   on_compile=lambda stage: None, memory_budget: int | None = None,
+                   remat_choices: dict | None = None) -> list:
   """The unit's stages compiled for this batch (each stage's inputs described by the earlier
   stages' outputs), taken from or added to `cache`; on_compile(stage) is called before each
   compilation. The cache's keys name neither the networks nor the defense: one cache serves
-  the units of one evaluation (one Runner)."""
+  the units of one evaluation (one Runner).
+
+  A purifier whose remat policy is "auto" gets the fastest policy whose compiled program's
+  temporary memory fits memory_budget bytes (default `remat.default_budget_bytes()`), chosen
+  once per program (`remat.choose`); each choice is put in remat_choices under the program's
+  name ("<unit>" or "<unit>: <stage label>", the unit that compiled it)."""
   cache = {} if cache is None else cache
+  remat_choices = {} if remat_choices is None else remat_choices
   compiled, shapes = [], {}
   for stage in unit.stages:
     key = (stage.compile_key,) + tuple((k, str(shapes[k])) for k in stage.takes)
@@ -75,10 +84,23 @@ def compile_stages(unit: Unit, params, batch, cache: dict | None = None,
       on_compile(stage)
       faults.reached("compile")
       inputs = dict(stage.dynamic, **{k: shapes[k] for k in stage.takes})
-      cache[key] = jax.jit(stage.fn).lower(params, batch, inputs).compile()
-    compiled.append(cache[key])
+      budget = remat.default_budget_bytes() if memory_budget is None else memory_budget
+      cache[key] = remat.choose(
+          lambda: jax.jit(_fresh(stage.fn)).lower(params, batch, inputs).compile(), budget)
+      if cache[key][1] is not None:
+        remat_choices[unit.name + (f": {stage.label}" if stage.label else "")] = cache[key][1]
+    compiled.append(cache[key][0])
     shapes.update(compiled[-1].out_info)
   return compiled
+
+
+def _fresh(fn):
+  """A new function object calling fn, with fn's name (the compiled module's name): each of
+  `remat.choose`'s candidates must be traced anew, and jax.jit caches traces per function."""
+  @functools.wraps(fn)
+  def program(*args):
+    return fn(*args)
+  return program
 
 
 def call_stages(unit: Unit, compiled: list, params, batch) -> dict:
@@ -254,8 +276,11 @@ class Runner:
 
   def __init__(self, params, test_split, n: int, mesh, store, shared_signature: dict, *,
                print_fn=print, after_batch=lambda unit, batch: None, is_writer: bool = True,
-               first: int = 0):
+               first: int = 0, memory_budget: int | None = None):
     self.params, self.test_split, self.n, self.mesh = params, test_split, n, mesh
+    self.memory_budget = memory_budget
+    #: {program name: `remat.choose`'s record} of the programs that chose an "auto" policy.
+    self.remat_choices: dict[str, dict] = {}
     self.first = first
     self.store, self.shared = store, shared_signature
     self.print_fn, self.after_batch, self.is_writer = print_fn, after_batch, is_writer
@@ -326,7 +351,8 @@ class Runner:
           t0 = time.perf_counter()
           compiled = compile_stages(
               unit, self.params, batch, self._compiled, lambda stage: self.print_fn(
-                  f"[eval] {unit.name}: compiling{' ' + stage.label if stage.label else ''} ..."))
+                  f"[eval] {unit.name}: compiling{' ' + stage.label if stage.label else ''} ..."),
+              self.memory_budget, self.remat_choices)
           compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = jax.device_get(call_stages(unit, compiled, self.params, batch))
