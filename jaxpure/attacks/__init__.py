@@ -176,10 +176,10 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
   """`fn(params, keys, x, y)` -> [len(record), B, H, W, C]: the points of a PGD-type attack
   `name` after k steps for each k in `record`, from one run (what k-step runs with the same keys
   return; `pgd_lib.pgd`). Not for APGD, whose step sizes depend on its total budget."""
+  _check(name, s, defense)
   if not SPECS[name].trajectory:
     raise ConfigError(f"budget curves need a fixed-step-size attack whose k-step run is its "
                       f"trajectory's k-th point; {name} is not one")
-  _check(name, s, defense)
   return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
                                                 x, y, s, record=record)
 
