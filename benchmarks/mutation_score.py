@@ -108,11 +108,11 @@ MUTATIONS = (
              "x + (0.5 * beta * x + beta * score) * dt",
              "x + (-0.5 * beta * x + beta * score) * dt",
              (T_DIFFPURE + "::test_reverse_process_with_the_true_score_returns_the_data_"
-              "distribution[sde-200]", TORCH_EOT)),
+              "distribution[sde-1.0-200-betas0]", TORCH_EOT)),
     Mutation("vp-sde: score's sign", "jaxpure/sde.py",
              "return -eps_hat / jnp.reshape(std,", "return eps_hat / jnp.reshape(std,",
              (T_DIFFPURE + "::test_reverse_process_with_the_true_score_returns_the_data_"
-              "distribution[sde-200]",)),
+              "distribution[sde-1.0-200-betas0]",)),
     Mutation("vp-sde: marginal's mean coefficient", "jaxpure/sde.py",
              "return -0.25 * t ** 2 * (self.beta_max - self.beta_min)",
              "return -0.5 * t ** 2 * (self.beta_max - self.beta_min)",
@@ -125,7 +125,7 @@ MUTATIONS = (
              "var = (1.0 - alpha) * (1.0 - abar_s) / (1.0 - abar_t)",
              "var = (1.0 - alpha) * (1.0 - abar_s)",
              (T_DIFFPURE + "::test_reverse_process_with_the_true_score_returns_the_data_"
-              "distribution[ddpm-2000]",)),
+              "distribution[ddpm-1.0-2000-betas1]",)),
     # --------------------------------------------------------------- APGD
     Mutation("apgd: oscillation clause dropped", APGD,
              "halve = check & (oscillating | stalled)", "halve = check & stalled",

@@ -198,6 +198,7 @@ def smoke_workdir(tmp_path_factory):
   return path, write_random_workdir(smoke.get_config(), str(path))
 
 
+@pytest.mark.slow  # trains the smoke networks (the default suite's 10-minute budget)
 def test_load_defense_gives_the_workdirs_networks_and_the_configs_defense(smoke_workdir):
   path, written = smoke_workdir
   defense, params = jaxpure.load_defense(os.path.join(REPO, "configs", "smoke.py"), str(path),
@@ -219,6 +220,7 @@ def test_load_defense_gives_the_workdirs_networks_and_the_configs_defense(smoke_
                                 other.logits(params, x, keys, 2))
 
 
+@pytest.mark.slow  # the smoke networks
 def test_load_defense_errors_are_the_librarys_user_errors(smoke_workdir, tmp_path):
   path, _ = smoke_workdir
   with pytest.raises(WorkdirError):
@@ -243,6 +245,7 @@ def test_load_config_overrides_and_one_line_errors(tmp_path):
     jaxpure.load_config(os.path.join(REPO, "configs", "digits.py"), {"defense.restarts": 0})
 
 
+@pytest.mark.slow  # installs a copy of the package with pip
 def test_configs_load_and_check_from_any_working_directory(tmp_path):
   """An installed copy of the package (built here into a folder, no repository on the path)
   loads and checks config files from a working directory outside the repository."""

@@ -46,6 +46,7 @@ def test_outcomes_count_only_test_failures():
   assert ms.outcome(None, "")[0] is False  # timed out
 
 
+@pytest.mark.slow  # three real pytest runs on copies of the sources
 def test_a_caught_mutant_a_survivor_and_a_broken_mutant(tmp_path):
   """Real runs in copies of the sources: the ddof bug is caught by the hand-computed report
   test; a mutant that changes only a docstring survives; a mutant that does not compile is
