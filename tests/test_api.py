@@ -92,6 +92,8 @@ ATTACK_CASES = [
     ("bpda_eot", "bpda_eot", dict(eps=0.1, steps=3, n_eot=2, norm="l2", step_size=0.05),
      dict(norm="l2", step_size=0.05, num_steps=3, n_eot=2)),
     ("pgd_clf", "pgd_clf", dict(eps=0.1, steps=3), dict(step_size=2.5 * 0.1 / 3, num_steps=3)),
+    ("pgd_eot_inloop", "pgd_eot_inloop", dict(eps=0.1, steps=3, n_eot=2, inloop_runs=2),
+     dict(step_size=2.5 * 0.1 / 3, num_steps=3, n_eot=2, inloop_runs=2)),
 ]
 
 

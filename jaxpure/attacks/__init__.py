@@ -255,9 +255,10 @@ def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):
 
 
 # The attacks as functions of a defense, `attack(params, key, x, y) -> x_adv` (the public API).
-from jaxpure.attacks.functions import apgd_eot, bpda_eot, pgd_clf, pgd_eot  # noqa: E402
+from jaxpure.attacks.functions import (apgd_eot, bpda_eot, pgd_clf, pgd_eot,  # noqa: E402
+                                       pgd_eot_inloop)
 
-__all__ = ["ATTACKS", "apgd_eot", "bpda_eot", "pgd_clf", "pgd_eot", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
+__all__ = ["ATTACKS", "apgd_eot", "bpda_eot", "pgd_clf", "pgd_eot", "pgd_eot_inloop", "EXACT_GRADIENT_ATTACKS", "EXACT_GRADIENT_COST", "UNDEFENDED_BASELINE",
            "SPECS", "AttackSettings", "AttackSpec", "attack_function", "attack_trajectory",
            "dynamic_settings", "make_attack", "project", "purifications", "select_candidate",
            "with_gradient_budget"]

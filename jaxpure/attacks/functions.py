@@ -54,6 +54,17 @@ def pgd_eot(defense, *, eps: float, steps: int, n_eot: int, norm: str = "linf",
       n_eot=n_eot, loss=loss, random_start=random_start, eot_chunk=eot_chunk))
 
 
+def pgd_eot_inloop(defense, *, eps: float, steps: int, n_eot: int, inloop_runs: int = 4,
+                   norm: str = "linf", step_size: float | None = None, loss: str = "ce",
+                   random_start: bool = True):
+  """PGD with exact EOT gradients whose every iterate is scored inside the loop by
+  `inloop_runs` runs of the defense (forward only); per example the iterate wrong in the most
+  runs, ties to the larger loss (DiffHammer's selection, the resubmission threat model)."""
+  return jitted("pgd_eot_inloop", defense, AttackSettings(
+      norm=norm, eps=eps, step_size=_default_step(eps, steps, step_size), num_steps=steps,
+      n_eot=n_eot, loss=loss, random_start=random_start, inloop_runs=inloop_runs))
+
+
 def apgd_eot(defense, *, eps: float, steps: int, n_eot: int, norm: str = "linf",
              losses: tuple[str, ...] = ("ce", "dlr"), warm_restarts: int = 0,
              decision_samples: int = 0, final_candidate: bool = False, eot_chunk: int = 0):
