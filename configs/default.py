@@ -222,6 +222,10 @@ def get_config():
   # Each run also offers its final iterate to the candidate choice beside its best point (the
   # best point is picked by noisy estimates; the choice judges with R fresh purifications).
   at.apgd_eot.final_candidate = False
+  # The first step size in units of eps (AutoAttack's 2), and whether a halving sends the
+  # iterate back to the best point so far (AutoAttack's rule).
+  at.apgd_eot.initial_step = 2.0
+  at.apgd_eot.restore_best = True
   # Exact gradient of a surrogate process with fewer purifier steps than the defense runs
   # (Lee & Kim 2023); reported as its own attack, not as the defense's exact gradient.
   at.pgd_eot_surrogate = attack(200, 2 / 255, 20)

@@ -104,7 +104,7 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
   b = x.shape[0]
   zeros_b = jnp.zeros((b,), x.dtype)
   state = dict(x_prev=x0, x=x0, x_last=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0,
-               f_max=zeros_b, g_max=jnp.zeros_like(x0), eta=jnp.full((b,), 2.0 * eps, x.dtype),
+               f_max=zeros_b, g_max=jnp.zeros_like(x0), eta=jnp.full((b,), s.initial_step * eps, x.dtype),
                count=zeros_b, reduced_last=jnp.ones((b,), bool), f_max_last=zeros_b)
 
   def body(st, k):
@@ -128,10 +128,10 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
     oscillating = count <= RHO * length[k + 1]
     stalled = ~st["reduced_last"] & (st["f_max_last"] >= f_max)
     halve = check & (oscillating | stalled)
-    hb = halve.reshape(bshape)
+    back = (halve & s.restore_best).reshape(bshape)
     stepped = dict(
-        x_prev=st["x"], x=jnp.where(hb, x_max, x_new), x_last=x_new,
-        g=jnp.where(hb, g_max, g_new), f=f_new, x_max=x_max, f_max=f_max, g_max=g_max,
+        x_prev=st["x"], x=jnp.where(back, x_max, x_new), x_last=x_new,
+        g=jnp.where(back, g_max, g_new), f=f_new, x_max=x_max, f_max=f_max, g_max=g_max,
         eta=jnp.where(halve, st["eta"] / 2, st["eta"]),
         count=jnp.where(check, 0.0, count),
         reduced_last=jnp.where(check, halve, st["reduced_last"]),

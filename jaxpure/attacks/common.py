@@ -35,7 +35,12 @@ class AttackSettings:
   deviation_weight: exact-gradient attacks: adds this weight times a DiffAttack-style
   deviation loss to the classification loss (`eot.deviation`); 0: none.
   inloop_runs: pgd_eot_inloop only: N, the runs of the defense (R purifications each, forward
-  only) that score every iterate inside the loop (DiffHammer's selection)."""
+  only) that score every iterate inside the loop (DiffHammer's selection).
+  initial_step: APGD only: its first step size in units of eps (AutoAttack's 2: every step
+  reaches a corner of the l_inf ball; on a noisy EOT gradient a smaller one lets the iterate
+  average the gradient over steps). restore_best: APGD only: a halving sends the iterate back
+  to the best point so far (AutoAttack's rule; on a noisy loss the best point is the luckiest
+  estimate, so False keeps the iterate where it is)."""
   norm: str = "linf"
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -51,6 +56,8 @@ class AttackSettings:
   surrogate_steps: int = 0
   deviation_weight: float = 0.0
   inloop_runs: int = 4
+  initial_step: float = 2.0
+  restore_best: bool = True
 
   def __post_init__(self):
     problems = []
@@ -75,6 +82,8 @@ class AttackSettings:
       problems.append(f"decision_samples={self.decision_samples} (expected >= 0)")
     if self.surrogate_steps < 0:
       problems.append(f"surrogate_steps={self.surrogate_steps} (expected >= 0)")
+    if not self.initial_step > 0:
+      problems.append(f"initial_step={self.initial_step} (expected > 0, in units of eps)")
     if self.inloop_runs < 1:
       problems.append(f"inloop_runs={self.inloop_runs} (expected >= 1)")
     if not self.deviation_weight >= 0:
