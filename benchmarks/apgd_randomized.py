@@ -50,6 +50,26 @@ def parse_value(text: str):
   return text
 
 
+def gradient_noise(defense, params, x, y, s, key) -> str:
+  """How much two independent EOT gradient estimates (s.n_eot samples each, CE, at the clean
+  points) agree: the fraction of pixels whose signs agree (1: a deterministic gradient; 0.5:
+  unrelated), and the mean over examples of the cosine between the two estimates."""
+  import jax
+  import jax.numpy as jnp
+  from jaxpure.attacks import eot
+  from jaxpure.purifiers.common import example_keys
+  estimator = jax.jit(eot.exact_eot_gradient(defense, "ce", s.n_eot))
+  index = jnp.arange(x.shape[0])
+  grads = [estimator(params, example_keys(jax.random.fold_in(key, 7 + i), index), x, y)[1]
+           for i in range(2)]
+  a, b = (g.reshape(g.shape[0], -1) for g in grads)
+  agree = float(jnp.mean(jnp.sign(a) == jnp.sign(b)))
+  cosine = float(jnp.mean(jnp.sum(a * b, 1) / (jnp.linalg.norm(a, axis=1) *
+                                               jnp.linalg.norm(b, axis=1) + 1e-30)))
+  return (f"EOT gradient noise at the clean points ({s.n_eot} samples per estimate): sign "
+          f"agreement {agree:.3f}, cosine {cosine:.3f}")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
@@ -62,6 +82,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--no_pgd", action="store_true")
   parser.add_argument("--json", default="")
+  parser.add_argument("--noise", action="store_true",
+                      help="also measure the EOT gradient's noise at the clean points")
   args = parser.parse_args(argv)
 
   import jax
@@ -99,6 +121,8 @@ def main(argv=None) -> int:
     plan.append((name, "apgd_eot", dataclasses.replace(s, num_steps=steps)))
   print(f"{x.shape[0]} examples from {args.first}, {budget} gradient samples per image, "
         f"{args.scoring_runs} scoring runs; {dict(overrides)}", flush=True)
+  if args.noise:
+    print(gradient_noise(defense, params, x, y, pgd, attack_key), flush=True)
   for label, name, s in plan:
     fn = attacks_lib.attack_function(name, defense, s)
     attack = jax.jit(lambda p, k, xx, yy: fn(p, example_keys(k, index), xx, yy))  # noqa: B023

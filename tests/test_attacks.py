@@ -270,6 +270,41 @@ def test_apgd_warm_restart_starts_from_the_given_point():
                             np.asarray(start))
 
 
+@pytest.mark.parametrize("initial_step", [2.0, 0.5])
+def test_apgd_initial_step_is_the_first_step_size_in_units_of_eps(initial_step):
+  params = tiny_params()
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(9), jnp.arange(SHAPE[0]))
+  s = A.AttackSettings(eps=0.1, num_steps=3, n_eot=1, random_start=False,
+                       initial_step=initial_step)
+  rising = lambda p, k, xx, yy: (jnp.sum(xx, (1, 2, 3)), jnp.ones_like(xx))
+  _, trace = apgd_lib.apgd(rising, params, keys, x, y, s, with_trace=True)
+  # x lies in [0.3, 0.7]: the first step (no momentum) moves every pixel by min(eta, eps).
+  moved = np.asarray(trace["x"][1] - x)
+  np.testing.assert_allclose(moved, min(initial_step * 0.1, 0.1), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(trace["eta"][0]), initial_step * 0.1, rtol=1e-6)
+
+
+def test_apgd_restore_best_false_keeps_the_iterate_where_it_is_at_a_halving():
+  params = tiny_params()
+  x, y = _inputs()
+  keys = example_keys(jax.random.key(9), jnp.arange(SHAPE[0]))
+  w1 = apgd_lib.halving_points(20)[1]
+  # A loss that never rises: every check halves, and the best point stays the start (x).
+  flat = lambda p, k, xx, yy: (jnp.zeros(xx.shape[0]), jnp.ones_like(xx))
+  away = {}
+  for restore in (True, False):
+    s = A.AttackSettings(eps=0.1, num_steps=20, n_eot=1, random_start=False,
+                         initial_step=0.1, restore_best=restore)
+    _, trace = apgd_lib.apgd(flat, params, keys, x, y, s, with_trace=True)
+    away[restore] = np.asarray(jnp.max(jnp.abs(trace["x"] - x[None]), axis=(2, 3, 4)))
+  # Sent back to the start, the step after the first check is nearer to it than the check's;
+  # kept, the iterate goes on moving away (steps of eta along the constant direction).
+  assert np.all(away[True][w1 + 1] < away[True][w1] - 1e-4)
+  assert np.all(np.diff(away[False], axis=0) >= -1e-7)
+  assert np.all(away[False][w1 + 1] > away[False][w1] + 1e-4)
+
+
 def test_apgd_halving_points_follow_autoattack():
   assert apgd_lib.halving_points(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
 
