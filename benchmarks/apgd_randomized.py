@@ -12,8 +12,9 @@ PGD's gradient samples. Every attacked point is scored like the evaluation score
 --scoring_runs independent runs of the defense (R purifications each, mean softmax), the
 accuracy being the mean over examples and runs. Prints, per attack, that accuracy with its
 standard error over examples, the paired difference to PGD (APGD minus PGD, per example, with
-its standard error) and the wall seconds; --json writes the rows. --set changes the config
-(e.g. --set purifiers.adp.method=gd: ADP with fixed-size steps).
+its standard error) and the wall seconds; --json writes the rows (with each example's accuracy
+over the scoring runs), and --baseline reads PGD's row from such a file instead of rerunning
+it. --set changes the config (e.g. --set purifiers.adp.method=gd: ADP with fixed-size steps).
 """
 
 import argparse
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
   parser.add_argument("--set", action="append", default=[], help="config key=value")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--no_pgd", action="store_true")
+  parser.add_argument("--baseline", default="",
+                      help="a --json file of an earlier run with the same examples, keys and "
+                           "config: its pgd_eot_full row is the baseline (PGD is not rerun)")
   parser.add_argument("--json", default="")
   parser.add_argument("--noise", action="store_true",
                       help="also measure the EOT gradient's noise at the clean points")
@@ -113,7 +117,10 @@ def main(argv=None) -> int:
   pgd = evaluation.attack_settings(config, "pgd_eot_full")
   budget = pgd.num_steps * pgd.n_eot
   rows, base = [], None
-  plan = [] if args.no_pgd else [("pgd_eot_full", "pgd_eot_full", pgd)]
+  if args.baseline:
+    with open(args.baseline, encoding="utf-8") as f:
+      base = np.asarray(next(r for r in json.load(f) if r["attack"] == "pgd_eot_full")["correct"])
+  plan = [] if args.no_pgd or args.baseline else [("pgd_eot_full", "pgd_eot_full", pgd)]
   for text in args.variant:
     name, changes = parse_variant(text)
     s = dataclasses.replace(evaluation.attack_settings(config, "apgd_eot"), **changes)
@@ -133,6 +140,7 @@ def main(argv=None) -> int:
     acc, se = correct.mean(), correct.std(ddof=1) / np.sqrt(len(correct))
     row = {"attack": label, "accuracy": float(acc), "standard_error": float(se),
            "seconds": round(seconds, 1), "num_steps": s.num_steps, "n_eot": s.n_eot,
+           "correct": correct.tolist(),
            "settings": {k: v for k, v in dataclasses.asdict(s).items()
                         if k in ("initial_step", "restore_best", "decision_samples",
                                  "final_candidate", "losses")}}
