@@ -463,7 +463,9 @@ def test_apgd_decision_samples_pick_the_true_best_point_more_often():
     def estimator(params, keys, x_at, y):
       jax.debug.callback(lambda v: visited.append(np.asarray(v)), true(x_at))
       return noisy(1)(params, keys, x_at, y), -2 * (x_at - c)
-    s = A.AttackSettings(eps=0.3, num_steps=30, n_eot=1, decision_samples=m)
+    # AutoAttack's rule (back to the best point at a halving), where the best-point decision
+    # matters most.
+    s = A.AttackSettings(eps=0.3, num_steps=30, n_eot=1, decision_samples=m, restore_best=True)
     chosen = np.asarray(true(apgd_lib.apgd(estimator, {}, keys, x, y, s,
                                            judge=noisy(m) if m else None)))
     regret = np.max(np.stack(visited), axis=0) - chosen

@@ -136,7 +136,7 @@ def _jaxpure_run(net, x, y, x0, eps, norm, loss, n_iter, decision_samples=0):
   if decision_samples:  # a deterministic loss: every "sample" is the same
     judge = lambda params, keys, v, labels: losses.LOSSES[loss](net.jax(v), labels)  # noqa: E731
   s = A.AttackSettings(norm=norm, eps=eps, num_steps=n_iter, n_eot=1, random_start=False,
-                       decision_samples=decision_samples)
+                       decision_samples=decision_samples, restore_best=True)
   best, trace = jax.jit(lambda x, y, x0: apgd_lib.apgd(
       estimator, {}, jax.random.key(0), x, y, s, x0, judge=judge, with_trace=True))(
           jnp.asarray(x), jnp.asarray(y), jnp.asarray(x0))
@@ -268,7 +268,7 @@ def test_jaxpure_apgd_matches_autoattacks_apgd_on_an_undefended_classifier(class
   ref_acc = float((torch_net(x_ref).argmax(1) == yt).float().mean())
 
   defense = Defense(score_fn=None, logits_fn=logits_fn, family=adp, settings=adp.Settings())
-  s = A.AttackSettings(eps=EPS, num_steps=N_ITER, n_eot=1)
+  s = A.AttackSettings(eps=EPS, num_steps=N_ITER, n_eot=1, restore_best=True)
   est = eot.classifier_gradient(defense, loss)
   keys = example_keys(jax.random.key(1), jnp.arange(N))
   x_ours = jax.jit(lambda p, k, x, y: apgd_lib.apgd(est, p, k, x, y, s))(

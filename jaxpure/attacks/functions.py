@@ -68,13 +68,14 @@ def pgd_eot_inloop(defense, *, eps: float, steps: int, n_eot: int, inloop_runs: 
 def apgd_eot(defense, *, eps: float, steps: int, n_eot: int, norm: str = "linf",
              losses: tuple[str, ...] = ("ce", "dlr"), warm_restarts: int = 0,
              decision_samples: int = 0, final_candidate: bool = False, eot_chunk: int = 0,
-             initial_step: float = 2.0, restore_best: bool = True):
+             initial_step: float = 2.0, restore_best: bool = False):
   """APGD (AutoAttack's rand version) on exact EOT gradients: one run per loss in `losses`
   from a random start (plus warm_restarts from its best point); per example, the candidate
   the defense is furthest from classifying correctly. APGD sets its own step sizes
   (initial_step x eps, halved); decision_samples: forward-only calls added to its decisions'
   loss estimates; restore_best: a halving sends the iterate back to the best point so far
-  (AutoAttack's rule; see `AttackSettings` for the randomized-defense settings)."""
+  (AutoAttack's rule; off by default: on a randomized defense's noisy loss it made APGD
+  weaker than PGD; see `AttackSettings`)."""
   return jitted("apgd_eot", defense, AttackSettings(
       norm=norm, eps=eps, num_steps=steps, n_eot=n_eot, losses=tuple(losses),
       warm_restarts=warm_restarts, decision_samples=decision_samples,
