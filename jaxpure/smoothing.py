@@ -104,7 +104,7 @@ class Smoothed:
       votes = jax.nn.one_hot(jnp.argmax(self.noisy_logits(params, x, sample_keys), -1), k,
                              dtype=jnp.int32)  # [chunk, B, K]
       valid = (j < n).astype(jnp.int32)[:, None, None]
-      return total + jnp.sum(votes * valid, 0), None
+      return total + jnp.sum(votes * valid, 0, dtype=jnp.int32), None  # int32 under x64 too
 
     total, _ = lax.scan(one, jnp.zeros((x.shape[0], k), jnp.int32),
                         jnp.arange(math.ceil(n / chunk), dtype=jnp.uint32))

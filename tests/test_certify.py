@@ -238,6 +238,22 @@ def test_votes_are_the_same_on_one_and_eight_devices_in_chunks_and_alone():
   np.testing.assert_array_equal(alone[0], got[0][5])
 
 
+def test_votes_run_in_float64_and_do_not_depend_on_the_chunk_there():
+  """The counts run under jax_enable_x64 (the float64 references use it): int32 votes, n per
+  example, the same for any chunk (the last chunk padded or not)."""
+  params = _toy_problem()
+  sm = _diffusion_smoothed()
+  x = np.random.default_rng(5).uniform(size=(4, 1, 2, 1))
+  keys = common.example_keys(jax.random.key(6), jnp.arange(4))
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    votes = [sm.counts(p64, jnp.asarray(x, jnp.float64), keys, 50, chunk) for chunk in (20, 50)]
+  assert votes[0].dtype == jnp.int32
+  assert np.asarray(votes[0]).sum(-1).tolist() == [50] * 4
+  assert (np.asarray(votes[0]) > 0).sum() > 4  # not all one class
+  np.testing.assert_array_equal(np.asarray(votes[0]), np.asarray(votes[1]))
+
+
 # ------------------------------------------------------------------------- the certify units
 def _linear64(params, x):
   return x.reshape(x.shape[0], -1) @ params["w"]
