@@ -1,4 +1,4 @@
-"""Certification throughput: jaxpure's Monte Carlo counting of a smoothed classifier against PyTorch.
+"""Certification throughput: jaxpure's Monte Carlo counts of a smoothed classifier against PyTorch.
 
   pip install -e ".[bench]"
   python benchmarks/bench_certify.py --quick                                    # digits, ADP
@@ -342,8 +342,10 @@ def run_benchmark(args) -> dict:
   channels_last = {"nchw": False, "channels_last": True}.get(args.torch_layout,
                                                              torch_device == "cpu")
   shape = model_specs.image_shape(config)
-  extra = (f", t* = {diffpure_time(args.sigma, smoothed.settings.beta_min, smoothed.settings.beta_max):.4f}"
-           if family == "diffpure" else "")
+  extra = ""
+  if family == "diffpure":
+    t_star = diffpure_time(args.sigma, smoothed.settings.beta_min, smoothed.settings.beta_max)
+    extra = f", t* = {t_star:.4f}"
 
   report = {"mode": "quick" if args.quick else "full", "config": os.path.relpath(config_path),
             "device": {"requested": args.device, "jax": str(jax_device),
