@@ -16,11 +16,14 @@ as such; the next one starts), in this order:
   the exact EOT gradient under each policy against PyTorch autograd and with per-step
   checkpointing, the compiled temporary memory per policy, PyTorch's peak allocation, and the
   achieved FLOP/s (XLA's cost analysis) against the device's peak.
+- certify_diffpure (only when named in --parts; not in the default run, whose limits fill the
+  budget): `bench_certify.py` on configs/cifar10_diffpure.py: certification throughput (noise
+  samples/s through the one-shot diffusion denoiser and the WRN) against eager PyTorch.
 The float64 agreement checks are skipped in the gradient parts (`--check_batch 0`; they passed
 in all three earlier GPU runs and run in the CPU tests); purify_adp keeps a one-image check.
 
 Expected wall time per part on an H100, from the earlier GPU figures (RESULTS.md):
-EXPECTED_S below; the limits (LIMITS_S) add a margin and sum to at most 540 s.
+EXPECTED_S below; the limits (LIMITS_S) add a margin; the default parts' sum to at most 540 s.
 Writes one JSON (--out) with each part's status, wall time, limit and the JSON report of the
 benchmark it ran, and prints a table. --cache_dir sets JAX's persistent compilation cache
 and XLA's GPU autotuning cache (a second run in the same directory skips the compiles).
@@ -44,6 +47,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import fail  # noqa: E402
 
 PARTS = ("compile_ahead", "purify_adp", "purify_diffpure", "gradient_adp", "gradient_diffpure")
+#: Parts run only when --parts names them.
+OPTIONAL_PARTS = ("certify_diffpure",)
 POLICIES = "none,save_convolutions,step"
 #: Expected seconds per part on an H100 (process start-up ~15 s each included):
 #: compile_ahead: the CIFAR ADP gradient compiled in 84 s (scan gradient, H100) to 137 s (the
@@ -56,9 +61,10 @@ POLICIES = "none,save_convolutions,step"
 #: gradient_adp / gradient_diffpure: three cached loads (a few s each), PyTorch's first calls,
 #:   3 rounds of ~2 s (0.25 s jaxpure, 0.59 s autograd, 1.0 s checkpointed at n = 2, H200).
 EXPECTED_S = {"compile_ahead": 150, "purify_adp": 95, "purify_diffpure": 45,
-              "gradient_adp": 60, "gradient_diffpure": 70}
+              "gradient_adp": 60, "gradient_diffpure": 70,
+              "certify_diffpure": 90}  # unmeasured: compile ~40 s, 8 x 500 samples per call
 LIMITS_S = {"compile_ahead": 170, "purify_adp": 110, "purify_diffpure": 60,
-            "gradient_adp": 95, "gradient_diffpure": 100}
+            "gradient_adp": 95, "gradient_diffpure": 100, "certify_diffpure": 120}
 TOTAL_BUDGET_S = 540
 
 
@@ -67,7 +73,9 @@ def parse_args(argv=None):
   p.add_argument("--device", default="gpu", choices=("cpu", "gpu"))
   p.add_argument("--tiny", action="store_true",
                  help="digits configs at tiny sizes (the CPU smoke run; no time limits)")
-  p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {PARTS}")
+  p.add_argument("--parts", default=",".join(PARTS),
+                 help=f"comma-separated, of {PARTS + OPTIONAL_PARTS} (default: all but "
+                      f"{', '.join(OPTIONAL_PARTS)})")
   p.add_argument("--out", default="gpu_suite.json", help="the JSON written (default %(default)s)")
   p.add_argument("--cache_dir", default=None,
                  help="persistent compilation and autotuning cache directory (default: a new "
@@ -78,9 +86,9 @@ def parse_args(argv=None):
   p.add_argument("--json", default=None, help=argparse_suppress())  # internal
   args = p.parse_args(argv)
   args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
-  bad = [x for x in args.parts if x not in PARTS]
+  bad = [x for x in args.parts if x not in PARTS + OPTIONAL_PARTS]
   if bad or not args.parts:
-    fail(f"--parts {','.join(args.parts)}: expected names from {PARTS}")
+    fail(f"--parts {','.join(args.parts)}: expected names from {PARTS + OPTIONAL_PARTS}")
   if not args.budget_s > 0:
     fail(f"--budget_s={args.budget_s}; expected > 0")
   return args
@@ -101,6 +109,9 @@ def _sizes(tiny: bool) -> dict:
                        "--check_batch", "1", "--torch_compile", "off"],
             "diffpure_purify": {"config": "configs/digits_diffpure.py", "batch": 2,
                                 "restarts": 2, "num_steps": 2, "repeats": 1},
+            "certify": ["--quick", "--config", "configs/digits_diffpure.py", "--batch", "2",
+                        "--n", "6", "--chunk", "4", "--repeats", "1", "--check_batch", "1",
+                        "--check_samples", "3"],
             "repeats": "1"}
   # ADP at n = 1: "none" keeps every step's activations (about 25 GiB at B = 16, T = 10,
   # 16 purifications; 50 GiB at n = 2, RESULTS.md), and PyTorch's autograd needs as much
@@ -112,6 +123,9 @@ def _sizes(tiny: bool) -> dict:
           "purify": ["--torch_compile", "off", "--check_batch", "1", "--repeats", "2"],
           "diffpure_purify": {"config": "configs/cifar10_diffpure.py", "batch": 16,
                               "restarts": 4, "num_steps": 10, "repeats": 2},
+          "certify": ["--config", "configs/cifar10_diffpure.py", "--batch", "8", "--n", "500",
+                      "--chunk", "250", "--repeats", "2", "--check_batch", "1",
+                      "--check_samples", "3"],
           "repeats": "2"}
 
 
@@ -129,6 +143,8 @@ def commands(args, json_dir: str) -> dict:
                    + j(f"_{fam}_{p}") for fam in ("adp", "diffpure") for p in POLICIES.split(",")]
     elif part == "purify_adp":
       out[part] = [[py, os.path.join(bench, "bench_purify.py"), *dev, *sz["purify"], *j()]]
+    elif part == "certify_diffpure":
+      out[part] = [[py, os.path.join(bench, "bench_certify.py"), *dev, *sz["certify"], *j()]]
     elif part == "purify_diffpure":
       out[part] = [[py, os.path.abspath(__file__), "--device", args.device, "--part", part]
                    + (["--tiny"] if args.tiny else []) + j()]
