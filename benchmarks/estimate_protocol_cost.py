@@ -3,6 +3,13 @@ floating-point operations of its steps (compiled on any device; no GPU needed).
 
   python benchmarks/estimate_protocol_cost.py --config configs/cifar10_croce.py \
       --attack apgd_eot [--tflops 30,100] [--json out.json]
+  python benchmarks/estimate_protocol_cost.py --config configs/cifar10_diffpure.py --certify
+
+With --certify it estimates the config's certification instead (`config.certify`): per
+example and sigma, n0 + n noise samples through the one-shot denoiser (one score network
+evaluation plus the denoiser's steps) and the classifier, and for the bracket, per radius
+above 0, attack_steps x attack_eot gradients of the soft smoothed classifier and PREDICT's
+samples at the attacked point.
 
 It compiles, for the config's networks at batch 1 (random weights, abstract shapes), one
 forward pass and one forward + backward pass (VJP) of the score network and of the classifier,
@@ -45,6 +52,8 @@ def main(argv=None):
   parser.add_argument("--tflops", default="30,100",
                       help="assumed sustained TFLOP/s, comma-separated (default 30,100)")
   parser.add_argument("--json", default=None)
+  parser.add_argument("--certify", action="store_true",
+                      help="estimate config.certify's certification and bracket instead")
   args = parser.parse_args(argv)
   try:
     config = _load_config(args.config)
@@ -82,6 +91,8 @@ def main(argv=None):
   score_vjp = cost(lambda p, x, t: vjp(lambda x: score_fn(p, x, t))(x), params["score"], x, t)
   clf_fwd = cost(lambda p, x: logits_fn(p, x), params["classifier"], x)
   clf_vjp = cost(lambda p, x: vjp(lambda x: logits_fn(p, x))(x), params["classifier"], x)
+  if args.certify:
+    return _report(args, tflops, certify_cost(config, score_fwd, score_vjp, clf_fwd, clf_vjp))
   evals = defense.settings.network_evaluations()
   grad_flops = evals * (score_vjp + score_fwd) + clf_vjp
   fwd_flops = evals * score_fwd + clf_fwd
@@ -91,15 +102,43 @@ def main(argv=None):
   scorings = n * defense.restarts * (config.eval.scoring_runs
                                      + (runs if args.attack == "apgd_eot" else 0))
   total = gradients * grad_flops + scorings * fwd_flops
-  result = {"config": args.config, "attack": args.attack, "images": n,
+  result = {"attack": args.attack, "images": n,
             "score_network_flops": {"forward": score_fwd, "vjp": score_vjp},
             "classifier_flops": {"forward": clf_fwd, "vjp": clf_vjp},
             "network_evaluations_per_purification": evals,
             "gradient_flops_per_eot_sample": grad_flops, "forward_flops_per_purification":
             fwd_flops, "eot_gradients": gradients, "forward_purifications": scorings,
-            "total_flops": total,
-            "hours_at": {str(t): total / (t * 1e12) / 3600 for t in tflops},
-            "jax": jax.__version__, "device_compiled_on": jax.devices()[0].device_kind}
+            "total_flops": total}
+  _report(args, tflops, result)
+
+
+def certify_cost(config, score_fwd, score_vjp, clf_fwd, clf_vjp) -> dict:
+  """FLOPs of config.certify on config.eval's examples, split into the certificates and the
+  bracket's attacks and predictions. One-shot denoiser: one score network evaluation per
+  sample, plus denoise_steps more (each counted as one evaluation)."""
+  c = config.certify
+  images = c.num_examples or config.eval.num_examples or 10000
+  evals = 1 + c.denoise_steps
+  sample = evals * score_fwd + clf_fwd
+  gradient = evals * (score_vjp + score_fwd) + clf_vjp  # the attack recomputes the forward
+  radii = sum(1 for r in c.radii if r > 0) if c.attack_steps else 0
+  sigmas = len(c.sigmas)
+  certificates = images * sigmas * (c.n0 + c.n) * sample
+  attacks = images * sigmas * radii * c.attack_steps * c.attack_eot * gradient
+  predictions = images * sigmas * radii * (c.predict_n or c.n) * sample
+  total = certificates + attacks + predictions
+  return {"config_certify": c.to_dict(), "images": images,
+          "flops_per_noise_sample": sample, "flops_per_attack_gradient_sample": gradient,
+          "certificate_flops": certificates, "bracket_attack_flops": attacks,
+          "bracket_predict_flops": predictions, "total_flops": total}
+
+
+def _report(args, tflops, result: dict) -> None:
+  import jax
+  result = {"config": args.config, **result, "jax": jax.__version__,
+            "device_compiled_on": jax.devices()[0].device_kind}
+  total = result["total_flops"]
+  result["hours_at"] = {str(t): total / (t * 1e12) / 3600 for t in tflops}
   print(json.dumps(result, indent=2))
   for t in tflops:
     print(f"estimate: {total / (t * 1e12) / 3600:.1f} h at a sustained {t:g} TFLOP/s")
