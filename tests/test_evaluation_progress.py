@@ -102,7 +102,7 @@ def test_attack_cost_estimates_follow_the_budget():
       num_steps=10, n_eot=2, losses=("ce", "dlr"), warm_restarts=w), 4) for w in (0, 1))
   assert two == 2 * one > 2 * exact
   # a final-iterate candidate adds the choice's R purifications per candidate
-  single = attacks.AttackSettings(num_steps=10, n_eot=2, losses=("ce",))
+  single = attacks.AttackSettings(num_steps=10, n_eot=2, losses=("ce",), final_candidate=False)
   both = attacks.AttackSettings(num_steps=10, n_eot=2, losses=("ce",), final_candidate=True)
   assert attacks.purifications("apgd_eot", both, 4) == attacks.purifications(
       "apgd_eot", single, 4) + 2 * 4

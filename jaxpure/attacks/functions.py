@@ -67,7 +67,7 @@ def pgd_eot_inloop(defense, *, eps: float, steps: int, n_eot: int, inloop_runs: 
 
 def apgd_eot(defense, *, eps: float, steps: int, n_eot: int, norm: str = "linf",
              losses: tuple[str, ...] = ("ce", "dlr"), warm_restarts: int = 0,
-             decision_samples: int = 0, final_candidate: bool = False, eot_chunk: int = 0,
+             decision_samples: int = 0, final_candidate: bool = True, eot_chunk: int = 0,
              initial_step: float = 2.0, restore_best: bool = False):
   """APGD (AutoAttack's rand version) on exact EOT gradients: one run per loss in `losses`
   from a random start (plus warm_restarts from its best point); per example, the candidate
