@@ -60,7 +60,7 @@ ADP, DIFFPURE, COMMON = ("jaxpure/purifiers/adp.py", "jaxpure/purifiers/diffpure
 APGD, EOT, ATTACK_COMMON, ATTACK_LOSSES = ("jaxpure/attacks/apgd.py", "jaxpure/attacks/eot.py",
                                            "jaxpure/attacks/common.py",
                                            "jaxpure/attacks/losses.py")
-STATS, REPORT = "jaxpure/statistics.py", "jaxpure/jobs/evaluation/report.py"
+STATS, EVAL_ATTACK = "jaxpure/statistics.py", "jaxpure/jobs/evaluation/attack.py"
 T_PURIFY, T_DIFFPURE, T_ATTACKS = ("tests/test_purify.py", "tests/test_diffpure.py",
                                    "tests/test_attacks.py")
 T_REPORT, T_BUDGET = "tests/test_report_statistics.py", "tests/test_budget_search.py"
@@ -196,16 +196,16 @@ MUTATIONS = (
              "for w in wrong]",
              "per_example = [(1 - int(w) / n_runs) ** m for w in wrong]",
              (T_BUDGET + "::test_resubmission_estimate_by_hand_and_unbiased_on_a_toy_defense",)),
-    Mutation("worst case: any attack instead of every attack", REPORT,
+    Mutation("worst case: any attack instead of every attack", EVAL_ATTACK,
              "union = stacked.all(0)", "union = stacked.any(0)",
              (T_REPORT + "::test_worst_case_against_hand_computed_values",)),
-    Mutation("worst case: broken only by counts shared breaks", REPORT,
+    Mutation("worst case: broken only by counts shared breaks", EVAL_ATTACK,
              "(broken.sum(0) == 1)", "(broken.sum(0) >= 1)",
              (T_REPORT + "::test_worst_case_against_hand_computed_values",)),
-    Mutation("majority vote: ties count as right", REPORT,
+    Mutation("majority vote: ties count as right", EVAL_ATTACK,
              "(per_example > 0.5)", "(per_example >= 0.5)",
              (T_REPORT + "::test_run_scores_against_hand_computed_values",)),
-    Mutation("binomial standard error over n - 1", REPORT,
+    Mutation("binomial standard error over n - 1", STATS,
              "max(p * (1 - p), 0.0) / max(n, 1)", "max(p * (1 - p), 0.0) / max(n - 1, 1)",
              (T_REPORT + "::test_standard_error_is_the_binomial_formula",)),
     # --------------------------------------------------------------- checkpoints, importers

@@ -80,8 +80,8 @@ def check_defense(config):
     raise ConfigError(f"config.defense.purifier={name!r} but config.purifiers has no {name!r} "
                       f"section; add config.purifiers.{name} with keys from its Settings")
   settings = purifiers.make_settings(name, config.purifiers[name].to_dict())
-  if config.defense.restarts < 1:
-    raise ConfigError(f"config.defense.restarts={config.defense.restarts}; expected >= 1")
+  from jaxpure.defense import check_restarts
+  check_restarts(config.defense.restarts, "config.defense.restarts")
   time_input = getattr(models.get_class(config.score.model), "time_input", "none")
   if family.TIME_INPUT != time_input:
     raise ConfigError(f"purifier {name!r} needs a score network with time input "
