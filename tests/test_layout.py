@@ -1,5 +1,39 @@
-"""The package's layout rules: the evaluation's call path from its entry function stays short
-(benchmarks/call_walk.py)."""
+"""The package's layout rules: no function in jaxpure/ longer than MAX_LINES lines (a function
+that plans, runs and formats is three functions). Data literals of the configs are not code and
+are not under jaxpure/."""
+
+import ast
+import pathlib
+
+MAX_LINES = 60
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxpure"
+
+
+def long_functions(root: pathlib.Path = PACKAGE, limit: int = MAX_LINES) -> list[str]:
+  """"path:line name (N lines)" of every function or method under root longer than limit
+  lines, its decorators and docstring included."""
+  found = []
+  for path in sorted(root.rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        length = node.end_lineno - first + 1
+        if length > limit:
+          found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} "
+                       f"({length} lines)")
+  return found
+
+
+def test_no_function_is_longer_than_the_limit():
+  assert long_functions() == []
+
+
+def test_the_check_finds_a_long_function(tmp_path):
+  body = "\n".join(f"  x{i} = {i}" for i in range(MAX_LINES))
+  (tmp_path / "pkg").mkdir()
+  (tmp_path / "pkg" / "m.py").write_text(f"def short():\n  return 1\n\n\ndef long():\n{body}\n")
+  assert long_functions(tmp_path / "pkg") == [f"pkg/m.py:5 long ({MAX_LINES + 1} lines)"]
+
 
 def test_the_evaluation_call_path_stays_short(capsys):
   """The walk from the evaluation's entry function following the config
