@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxpure import checkpoint, data, images, metrics, model_specs, parallel, sampling, training
+from jaxpure import (checkpoint, data, images, metrics, model_specs, networks, parallel,
+                     sampling, training)
 from jaxpure.errors import ConfigError, WorkdirError
 from jaxpure.jobs import loading
 from jaxpure.model_specs import KINDS, SPECS
@@ -147,8 +148,8 @@ def write_summary(config, workdir: str, variables: dict, steps: dict, test_split
                                       batches())
     summary["classifier"] = {"test_accuracy": acc, "step": steps["classifier"]}
   if variables.get("score") is not None:
-    module = model_specs.SCORE.build(config)
-    summarise = _SCORE_SUMMARIES[getattr(module, "time_input", "none")]
+    network = networks.for_config(config, model_specs.SCORE.build(config))
+    summarise = _SCORE_SUMMARIES[type(network)]
     summary["score"] = dict(summarise(config, workdir, variables["score"], test_split, batches,
                                       key), step=steps["score"], head=config.score.head)
   if jax.process_index() == 0:
@@ -168,7 +169,8 @@ def _ncsn_summary(config, workdir, params, test_split, batches, key) -> dict:
     x, _ = data.read_all(test_split, report.num_grid_images)
     x = jnp.asarray(x)
     noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
-    denoised = jax.jit(sampling.tweedie_denoise, static_argnums=(0, 3))(
+    network = networks.Unconditional.from_config(config)
+    denoised = jax.jit(network.denoise, static_argnums=(0, 3))(
         h, params, noisy, report.denoise_sigma)
     _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
     shape = (report.num_samples,) + model_specs.image_shape(config)
@@ -185,17 +187,18 @@ def _vp_summary(config, workdir, params, test_split, batches, key) -> dict:
   """VP eps-network: one-step denoising PSNR at the VP time whose noise is report.denoise_sigma
   in pixels, its grid, and DDPM ancestral samples from t = 1."""
   report = config.report
-  eps_fn, sde = model_specs.score_fn(config), model_specs.vp_sde(config)
-  t = vp_time_for_pixel_sigma(sde, report.denoise_sigma)
+  eps_fn, network = model_specs.score_fn(config), networks.VPTime.from_config(config)
+  sde = network.sde
+  t = network.time_for_pixel_sigma(report.denoise_sigma)
   k_psnr, k_grid, k_samples = jax.random.split(key, 3)
-  field = lambda p, x, level: vp_pixel_field(eps_fn, sde, t, p, x)  # noqa: E731
+  field = lambda p, x, level: network.pixel_field(eps_fn, t, p, x)  # noqa: E731
   result = metrics.denoising_psnr(field, params, batches(), k_psnr, report.denoise_sigma)
   result["vp_time"] = t
   if jax.process_index() == 0:
     x, _ = data.read_all(test_split, report.num_grid_images)
     x = jnp.asarray(x)
     noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
-    denoised = jax.jit(lambda p, y: sampling.tweedie_denoise(field, p, y, report.denoise_sigma))(
+    denoised = jax.jit(lambda p, y: network.denoise(eps_fn, p, y, report.denoise_sigma))(
         params, noisy)
     _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
     from jaxpure.purifiers import common, diffpure
@@ -212,26 +215,6 @@ def _vp_summary(config, workdir, params, test_split, batches, key) -> dict:
   return result
 
 
-def vp_time_for_pixel_sigma(sde, sigma: float) -> float:
-  """The VP time t at which x_t / sqrt(abar(t)), read in pixels, is x + sigma z: std(t) /
-  mean(t) = 2 sigma (bisection)."""
-  lo, hi = 0.0, 1.0
-  for _ in range(60):
-    mid = (lo + hi) / 2
-    mean, std = (float(v) for v in sde.marginal(mid))
-    lo, hi = (mid, hi) if std / mean < 2 * sigma else (lo, mid)
-  return (lo + hi) / 2
-
-
-def vp_pixel_field(eps_fn, sde, t: float, params, x_noisy):
-  """h with x~ + sigma h(x~) = the eps-network's one-step denoising of x~ = x + sigma z
-  (pixels), seen as x_t = mean(t) (2 x~ - 1) in the VP space."""
-  mean, _ = sde.marginal(t)
-  ts = jnp.full(x_noisy.shape[:1], t, x_noisy.dtype)
-  # x0 = x_t / mean - (std / mean) eps in [-1, 1], i.e. x~ - sigma eps in pixels
-  return -eps_fn(params, mean * (2 * x_noisy - 1), ts)
-
-
 def _save_denoising(workdir, sigma, x, noisy, denoised):
   images.save_grid(os.path.join(workdir, "denoising.png"), [x, noisy, denoised],
                    row_labels=["clean", f"noised σ={sigma:g}", "denoised (one step)"],
@@ -244,7 +227,7 @@ def _save_samples(workdir, samples, title: str):
                    [samples[i:i + 8] for i in range(0, n, 8)], title=title)
 
 
-_SCORE_SUMMARIES = {"none": _ncsn_summary, "vp_time": _vp_summary}
+_SCORE_SUMMARIES = {networks.Unconditional: _ncsn_summary, networks.VPTime: _vp_summary}
 
 
 def run(config, workdir: str, kinds: Sequence[str] = KINDS, *,
