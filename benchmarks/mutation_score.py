@@ -211,7 +211,7 @@ MUTATIONS = (
              (T_REPORT + "::test_standard_error_is_the_binomial_formula",)),
     # --------------------------------------------------------------- checkpoints, importers
     Mutation("checkpoint: checksum compared with itself", "jaxpure/checkpoint.py",
-             "found = _digest(value) if str(key) in saved else None",
+             "found = tree_digest(value) if str(key) in saved else None",
              "found = saved.get(str(key))",
              ("tests/test_checkpoint_branches.py::test_checkpoints_without_checksums_restore_"
               "and_parts_without_one_are_not_checked",)),

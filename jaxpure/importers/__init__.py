@@ -229,7 +229,12 @@ def import_checkpoint(kind: str, path: str | os.PathLike, weights: str | None = 
 
 
 # ----------------------------------------------------------------------------- helpers
-def strip_prefix(state: Mapping[str, Any], prefix: str = "module.") -> tuple[dict, str]:
+#: The prefix nn.DataParallel puts on every key of a wrapped model's state dict.
+DATA_PARALLEL_PREFIX = "module."
+
+
+def strip_prefix(state: Mapping[str, Any],
+                 prefix: str = DATA_PARALLEL_PREFIX) -> tuple[dict, str]:
   """(state without ``prefix``, the prefix removed: ``prefix`` or ""): the prefix goes only
   when every key has it (``nn.DataParallel``'s ``module.``)."""
   keys = list(state)

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpure import importers
 from jaxpure.errors import ImporterError
 from jaxpure.models.ddpmpp import DDPMpp
 
@@ -46,26 +47,22 @@ from jaxpure.models.ddpmpp import DDPMpp
 #: ``model.parameters()``, hence not in the EMA's ``shadow_params``).
 BUFFERS = ("sigmas",)
 
-_PREFIX = "module."
 _MODULES = "all_modules"
+
+
+def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """The state dict without nn.DataParallel's ``module.`` prefix (`importers.strip_prefix`)."""
+  return importers.strip_prefix(state_dict)[0]
 # Registration order of the sub-layers inside one PyTorch block (for reporting in torch order).
 _SUBLAYER_ORDER = ("GroupNorm_0", "Conv_0", "Dense_0", "GroupNorm_1", "Conv_1", "Conv_2",
                    "NIN_0", "NIN_1", "NIN_2", "NIN_3")
-
-
-def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Drops ``nn.DataParallel``'s ``module.`` prefix when every key has it (else keeps keys)."""
-  keys = list(state_dict)
-  if keys and all(k.startswith(_PREFIX) for k in keys):
-    return {k[len(_PREFIX):]: v for k, v in state_dict.items()}
-  return dict(state_dict)
 
 
 def parameter_names(state_dict: Mapping[str, Any]) -> list[str]:
   """The state dict's keys (``module.`` stripped) that are parameters, in state-dict order,
   which for NCSNpp is ``model.parameters()`` order: only the buffer ``sigmas`` is left out
   (it is registered before any layer, so it never interleaves with the parameters)."""
-  return [k for k in strip_data_parallel(state_dict) if k not in BUFFERS]
+  return [k for k in _strip_data_parallel(state_dict) if k not in BUFFERS]
 
 
 def ema_state_dict(checkpoint: Mapping[str, Any],
@@ -87,13 +84,14 @@ def ema_state_dict(checkpoint: Mapping[str, Any],
     raise ImporterError("checkpoint['ema'] has no 'shadow_params' list (keys: "
                         f"{sorted(checkpoint['ema'])})")
   model = checkpoint.get("model")
-  model = strip_data_parallel(model) if isinstance(model, Mapping) else None
+  model = _strip_data_parallel(model) if isinstance(model, Mapping) else None
   if names is None:
     if model is None:
       raise ImporterError("checkpoint has no 'model' state dict to name the EMA parameters "
                           "by; pass the parameter names")
     names = parameter_names(model)
-  names = [n[len(_PREFIX):] if n.startswith(_PREFIX) else n for n in names]
+  prefix = importers.DATA_PARALLEL_PREFIX
+  names = [n[len(prefix):] if n.startswith(prefix) else n for n in names]
   if len(names) != len(shadow):
     raise ImporterError(f"the EMA holds {len(shadow)} shadow parameters but there are "
                         f"{len(names)} parameter names; they cannot be matched by position")
@@ -253,7 +251,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], **architecture) -> 
       if "attn" not in name and name.startswith(("mid_block", "down_", "up_")):
         ignorable.update(f"{_MODULES}.{index[name]}.Dense_0.{leaf}" for leaf in ("weight", "bias"))
 
-  state = strip_data_parallel(state_dict)
+  state = _strip_data_parallel(state_dict)
   params: dict = {}
   for key, value in state.items():
     if key not in torch_key:
@@ -345,7 +343,7 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray], image_size: int) ->
   ``image_size``, ready for ``convert_state_dict(state_dict, **result)``.
   Raises ImporterError if the layout is not an NCSNpp/DDPM++ (BigGAN blocks) one.
   """
-  seq = _layer_shapes(strip_data_parallel(state_dict))
+  seq = _layer_shapes(_strip_data_parallel(state_dict))
   kinds = [_layer_type(e) for e in seq]
   if "?" in kinds:
     i = kinds.index("?")
