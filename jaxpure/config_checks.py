@@ -44,8 +44,10 @@ def check_config(config: ml_collections.ConfigDict, reference: ml_collections.Co
   if "certify" in config:
     check_certify(config)
   _check_eval(config.eval)
-  if c.optimizer not in ("adam", "sgd"):
-    raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected 'adam' or 'sgd'")
+  from jaxpure import training
+  if c.optimizer not in training.OPTIMIZERS:
+    raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected one of "
+                      f"{sorted(training.OPTIMIZERS)}")
   if d.image_size < 1 or d.channels not in (1, 3) or d.num_classes < 2:
     raise ConfigError(f"config.data: image_size={d.image_size}, channels={d.channels}, "
                       f"num_classes={d.num_classes}; expected >= 1, 1 or 3, >= 2")

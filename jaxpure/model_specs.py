@@ -1,6 +1,6 @@
-"""One spec per model kind ("score", "classifier"): how the config builds it, initialises it,
+"""One spec per model role ("score", "classifier"): how the config builds it, initialises it,
 trains it (its loss) and names it in checkpoints. Code that handles "a model" takes a spec
-instead of branching on the kind's name.
+instead of branching on the role's name.
 """
 
 import dataclasses
@@ -28,23 +28,23 @@ def _module(section, **fixed):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """kind: the config section and checkpoint folder name; build(config) -> Flax module;
+  """role: the config section and checkpoint folder name; build(config) -> Flax module;
   init(module, key, x) -> variables; apply_train(module, variables, x, key) -> (output,
   new model state) is not needed here: each spec gives its loss instead."""
-  kind: str
+  role: str
   build: Callable
   init: Callable
   loss: Callable  # loss(config, module) -> loss_fn(params, model_state, batch, key)
 
   def identity(self, config) -> dict:
     """The checkpoint metadata a checkpoint of this model must carry."""
-    return checkpoint.model_identity(self.kind, config[self.kind].model,
+    return checkpoint.model_identity(self.role, config[self.role].model,
                                      models.fields(self.build(config)), image_shape(config))
 
   def optimizer_settings(self, config) -> training.OptimizerSettings:
-    section = config[self.kind]
+    section = config[self.role]
     return training.OptimizerSettings(
-        kind=section.get("optimizer", "adam"), lr=section.lr, beta1=section.get("beta1", 0.9),
+        optimizer=section.get("optimizer", "adam"), lr=section.lr, beta1=section.get("beta1", 0.9),
         beta2=section.get("beta2", 0.999), eps=section.get("eps", 1e-8),
         momentum=section.get("momentum", 0.9), weight_decay=section.weight_decay,
         grad_clip=section.grad_clip, num_steps=section.num_steps, ema_rate=section.ema_rate,
@@ -84,20 +84,20 @@ def _classifier_loss(config, module):
 
 
 SCORE = ModelSpec(
-    kind="score",
+    role="score",
     build=lambda config: _module(config.score, channels=config.data.channels,
                                  image_size=config.data.image_size),
     init=lambda module, key, x: networks.of(module).init(module, key, x),
     loss=_score_loss)
 
 CLASSIFIER = ModelSpec(
-    kind="classifier",
+    role="classifier",
     build=lambda config: _module(config.classifier, num_classes=config.data.num_classes),
     init=lambda module, key, x: module.init(key, x, train=False),
     loss=_classifier_loss)
 
-SPECS = {s.kind: s for s in (SCORE, CLASSIFIER)}
-KINDS = tuple(SPECS)
+SPECS = {s.role: s for s in (SCORE, CLASSIFIER)}
+ROLES = tuple(SPECS)
 
 
 def score_fn(config):

@@ -26,7 +26,7 @@ LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
   """Optimizer and EMA settings of one model (read from the config by the entry point)."""
-  kind: str = "adam"  # "adam" (NCSNv2) or "sgd" (momentum, nesterov, cosine decay)
+  optimizer: str = "adam"  # a name of OPTIMIZERS: "adam" (NCSNv2) or "sgd" (cosine decay)
   lr: float = 1e-4
   beta1: float = 0.9
   beta2: float = 0.999
@@ -39,22 +39,30 @@ class OptimizerSettings:
   ema_debias: bool = True
 
 
+def _adam(s: OptimizerSettings) -> list:
+  """Adam (AdamW with weight decay), NCSNv2's optimizer."""
+  if s.weight_decay > 0:
+    return [optax.adamw(s.lr, s.beta1, s.beta2, s.eps, weight_decay=s.weight_decay)]
+  return [optax.adam(s.lr, s.beta1, s.beta2, s.eps)]
+
+
+def _sgd(s: OptimizerSettings) -> list:
+  """SGD with Nesterov momentum and a cosine-decayed learning rate (after weight decay)."""
+  parts = [optax.add_decayed_weights(s.weight_decay)] if s.weight_decay > 0 else []
+  schedule = optax.cosine_decay_schedule(s.lr, max(s.num_steps, 1))
+  return parts + [optax.sgd(schedule, momentum=s.momentum, nesterov=True)]
+
+
+#: The optimizers by name (config.<model>.optimizer): each gives its optax transformations.
+OPTIMIZERS = {"adam": _adam, "sgd": _sgd}
+
+
 def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
-  """The optax chain: [clip by global norm] -> adam(w) or sgd with cosine-decayed lr."""
+  """The optax chain: [clip by global norm] -> the optimizer s.optimizer of OPTIMIZERS."""
+  if s.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {s.optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(s.grad_clip)] if s.grad_clip > 0 else []
-  if s.kind == "adam":
-    if s.weight_decay > 0:
-      parts.append(optax.adamw(s.lr, s.beta1, s.beta2, s.eps, weight_decay=s.weight_decay))
-    else:
-      parts.append(optax.adam(s.lr, s.beta1, s.beta2, s.eps))
-  elif s.kind == "sgd":
-    if s.weight_decay > 0:
-      parts.append(optax.add_decayed_weights(s.weight_decay))
-    schedule = optax.cosine_decay_schedule(s.lr, max(s.num_steps, 1))
-    parts.append(optax.sgd(schedule, momentum=s.momentum, nesterov=True))
-  else:
-    raise ValueError(f"unknown optimizer {s.kind!r}; expected 'adam' or 'sgd'")
-  return optax.chain(*parts)
+  return optax.chain(*parts, *OPTIMIZERS[s.optimizer](s))
 
 
 def make_ema(s: OptimizerSettings) -> optax.GradientTransformation:
