@@ -149,8 +149,8 @@ def network_variables(config, workdir: str | None, seed: int, device) -> tuple[d
   out, what = {}, []
   mesh = parallel.make_mesh([device])
   x1 = jnp.zeros((1,) + model_specs.image_shape(config), jnp.float32)
-  for i, kind in enumerate(model_specs.KINDS):
-    spec = model_specs.SPECS[kind]
+  for i, role in enumerate(model_specs.ROLES):
+    spec = model_specs.SPECS[role]
     module = spec.build(config)
     try:
       found = (loading.load_model(spec, config, workdir, mesh, required=False)
@@ -158,14 +158,14 @@ def network_variables(config, workdir: str | None, seed: int, device) -> tuple[d
     except UserInputError as e:
       fail(" ".join(str(e).split()))
     if workdir is not None and found is None:
-      fail(f"--workdir {workdir}: no {kind} checkpoint under {loading.model_dir(workdir, kind)}")
+      fail(f"--workdir {workdir}: no {role} checkpoint under {loading.model_dir(workdir, role)}")
     if found is not None:
-      out[kind] = dict(found.variables)
-      what.append(f"{kind}: trained, step {found.step}")
+      out[role] = dict(found.variables)
+      what.append(f"{role}: trained, step {found.step}")
     else:
-      out[kind] = dict(jax.jit(lambda k, x, spec=spec, module=module: spec.init(module, k, x))(
+      out[role] = dict(jax.jit(lambda k, x, spec=spec, module=module: spec.init(module, k, x))(
           jax.random.key(seed + i), x1))
-      what.append(f"{kind}: random initialisation")
+      what.append(f"{role}: random initialisation")
   return jax.device_put(out, device), "; ".join(what)
 
 

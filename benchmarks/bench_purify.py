@@ -191,14 +191,6 @@ def check_memory(shape, batch: int, restarts: int, ngf: int, torch_device: str) 
 
 
 # ----------------------------------------------------------------------------- pieces
-def make_defense(config, settings, restarts: int):
-  """jaxpure's defense of the config with the ADP family, `settings` and R = restarts."""
-  from jaxpure import model_specs, purifiers
-  from jaxpure.defense import Defense
-  return Defense(score_fn=model_specs.score_fn(config), logits_fn=model_specs.logits_fn(config),
-                 family=purifiers.get("adp"), settings=settings, restarts=restarts)
-
-
 def defense_params(params) -> dict:
   """The defense's parameters for a score network's `params` tree (no classifier needed)."""
   return {"score": {"params": params}}
@@ -328,7 +320,8 @@ def run_benchmark(args) -> dict:
          f"{getattr(settings, 'method', None)!r}, noise={getattr(settings, 'noise', None)!r}: "
          "the benchmark times ADP with Gaussian noise ('adp', 'adp', 'gaussian')")
   restarts = args.restarts if args.restarts is not None else config.defense.restarts
-  defense = make_defense(config, settings, restarts)
+  from jaxpure import defense as defense_lib
+  defense = defense_lib.from_config(config, restarts)  # the ADP family, checked above
   batch = args.batch or (256 if args.quick else 100)
   repeats = args.repeats or (5 if args.quick else 3)
   check_n = min(args.check_batch, batch)

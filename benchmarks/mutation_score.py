@@ -60,7 +60,7 @@ ADP, DIFFPURE, COMMON = ("jaxpure/purifiers/adp.py", "jaxpure/purifiers/diffpure
 APGD, EOT, ATTACK_COMMON, ATTACK_LOSSES = ("jaxpure/attacks/apgd.py", "jaxpure/attacks/eot.py",
                                            "jaxpure/attacks/common.py",
                                            "jaxpure/attacks/losses.py")
-STATS, REPORT = "jaxpure/statistics.py", "jaxpure/jobs/evaluation/report.py"
+STATS, EVAL_ATTACK = "jaxpure/statistics.py", "jaxpure/jobs/evaluation/attack.py"
 T_PURIFY, T_DIFFPURE, T_ATTACKS = ("tests/test_purify.py", "tests/test_diffpure.py",
                                    "tests/test_attacks.py")
 T_REPORT, T_BUDGET = "tests/test_report_statistics.py", "tests/test_budget_search.py"
@@ -144,7 +144,8 @@ MUTATIONS = (
              "x=jnp.where(back, x_max, x_new)", "x=x_new",
              (AA_LINF_DLR, AA_L2_CE)),
     Mutation("apgd: the first step size fixed at 2 eps", APGD,
-             "jnp.full((b,), s.initial_step * eps, x.dtype)", "jnp.full((b,), 2.0 * eps, x.dtype)",
+             "state = _initial_state(x0, s.initial_step * eps)",
+             "state = _initial_state(x0, 2.0 * eps)",
              (T_ATTACKS + "::test_apgd_initial_step_is_the_first_step_size_in_units_of_eps[0.5]",)),
     Mutation("apgd: restore_best ignored", APGD,
              "back = (halve & s.restore_best)", "back = (halve)",
@@ -196,21 +197,21 @@ MUTATIONS = (
              "for w in wrong]",
              "per_example = [(1 - int(w) / n_runs) ** m for w in wrong]",
              (T_BUDGET + "::test_resubmission_estimate_by_hand_and_unbiased_on_a_toy_defense",)),
-    Mutation("worst case: any attack instead of every attack", REPORT,
+    Mutation("worst case: any attack instead of every attack", EVAL_ATTACK,
              "union = stacked.all(0)", "union = stacked.any(0)",
              (T_REPORT + "::test_worst_case_against_hand_computed_values",)),
-    Mutation("worst case: broken only by counts shared breaks", REPORT,
+    Mutation("worst case: broken only by counts shared breaks", EVAL_ATTACK,
              "(broken.sum(0) == 1)", "(broken.sum(0) >= 1)",
              (T_REPORT + "::test_worst_case_against_hand_computed_values",)),
-    Mutation("majority vote: ties count as right", REPORT,
+    Mutation("majority vote: ties count as right", EVAL_ATTACK,
              "(per_example > 0.5)", "(per_example >= 0.5)",
              (T_REPORT + "::test_run_scores_against_hand_computed_values",)),
-    Mutation("binomial standard error over n - 1", REPORT,
+    Mutation("binomial standard error over n - 1", STATS,
              "max(p * (1 - p), 0.0) / max(n, 1)", "max(p * (1 - p), 0.0) / max(n - 1, 1)",
              (T_REPORT + "::test_standard_error_is_the_binomial_formula",)),
     # --------------------------------------------------------------- checkpoints, importers
     Mutation("checkpoint: checksum compared with itself", "jaxpure/checkpoint.py",
-             "found = _digest(value) if str(key) in saved else None",
+             "found = tree_digest(value) if str(key) in saved else None",
              "found = saved.get(str(key))",
              ("tests/test_checkpoint_branches.py::test_checkpoints_without_checksums_restore_"
               "and_parts_without_one_are_not_checked",)),

@@ -56,7 +56,8 @@ def get_config():
   score.checkpoint_every = 5000
   score.keep_checkpoints = 3
 
-  # The VP-SDE of time-conditioned score networks (Score SDE; DiffPure): beta(t) linear.
+  # The VP-SDE of time-conditioned score networks (Score SDE; DiffPure): beta(t) linear. The
+  # one VP-SDE setting: training and diffusion purification both read it.
   config.sde = sde = ml_collections.ConfigDict()
   sde.beta_min = 0.1
   sde.beta_max = 20.0
@@ -119,13 +120,12 @@ def get_config():
   # iterates, memory flat in T; "save_convolutions": the convolution outputs; "auto": the
   # fastest that fits config.attack.memory_budget_gb). True/False (older configs) = step/none.
   adp.remat = remat_setting("step")
-  # DiffPure (docs/design.md#1-the-method): needs a time-conditioned network (score.model = "ddpmpp").
+  # DiffPure (docs/design.md#1-the-method): needs a time-conditioned network (score.model =
+  # "ddpmpp"); its VP-SDE is the network's, config.sde (the one VP-SDE setting).
   config.purifiers.diffpure = dp = ml_collections.ConfigDict()
   dp.t_star = 0.1  # diffusion time t*
   dp.num_steps = 100  # reverse steps N (dt = t* / N = 1e-3)
   dp.sampler = "sde"  # "sde" (Euler-Maruyama), "ddpm" (ancestral) or "ddim"
-  dp.beta_min = 0.1  # the VP-SDE the network was trained on (config.sde)
-  dp.beta_max = 20.0
   dp.remat = remat_setting("step")  # as adp.remat
 
   # evaluate.py

@@ -33,11 +33,11 @@ def make_defense(score_module, classifier_module=None, *, purifier: str = "adp",
   `restarts`. Its params are {"score": score variables, "classifier": classifier variables}.
   Raises ConfigError for an unknown family or setting, or a network of the wrong time input.
   """
-  from jaxpure import models, purifiers
+  from jaxpure import models, networks, purifiers
   from jaxpure.defense import Defense
   from jaxpure.errors import ConfigError
   family = purifiers.get(purifier)
-  time_input = getattr(score_module, "time_input", "none")
+  time_input = networks.time_input(score_module)
   if family.TIME_INPUT != time_input:
     raise ConfigError(f"purifier {purifier!r} needs a score network with time input "
                       f"{family.TIME_INPUT!r}; {type(score_module).__name__} has {time_input!r}")

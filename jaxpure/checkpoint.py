@@ -187,9 +187,11 @@ def _host_value(leaf) -> np.ndarray | None:
   return np.asarray(jax.device_get(leaf))
 
 
-def _digest(tree) -> str | None:
-  """SHA-256 over a tree's leaves: key paths, dtypes, shapes and bytes (host copies); None
-  when a leaf is not readable on this host as a whole."""
+def tree_digest(tree) -> str | None:
+  """SHA-256 over a tree's leaves: key paths, dtypes, shapes and bytes (host copies; a
+  replicated array of a multi-process run is read from a local replica); None when a leaf is
+  not readable on this host as a whole. The one tree hash: checkpoints' checksums and the
+  networks' fingerprints (`jobs.loading.fingerprint`)."""
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     value = _host_value(leaf)
@@ -204,7 +206,7 @@ def tree_checksums(tree: dict) -> dict[str, str]:
   """{top-level key: SHA-256 of that part} of a saved tree (a state dict or variables), so
   that a partial read (evaluation reads only the EMA parameters) can be checked too. Parts
   sharded over several processes are left out (not checked)."""
-  sums = {str(k): _digest(v) for k, v in tree.items()}
+  sums = {str(k): tree_digest(v) for k, v in tree.items()}
   return {k: v for k, v in sums.items() if v is not None}
 
 
@@ -214,7 +216,7 @@ def verify_checksums(restored: dict, metadata: dict, where: str, item: str, step
   Checkpoints saved without checksums are not checked."""
   saved = metadata.get(CHECKSUMS_KEY) or {}
   for key, value in restored.items():
-    found = _digest(value) if str(key) in saved else None
+    found = tree_digest(value) if str(key) in saved else None
     if found is not None and found != saved[str(key)]:
       raise CheckpointDamagedError(
           f"checkpoint {where} is damaged: the arrays of {key!r} read from {item} differ from "

@@ -1,11 +1,12 @@
 """Checks a config against configs/default.py: known keys, their types and ranges; the
 purifier family and its settings. Raises ConfigError (one line for users)."""
 
+import dataclasses
 import difflib
 
 import ml_collections
 
-from jaxpure import models, purifiers
+from jaxpure import models, networks, purifiers
 from jaxpure.errors import ConfigError
 
 
@@ -15,6 +16,7 @@ def check_config(config: ml_collections.ConfigDict, reference: ml_collections.Co
   Sections of purifier families that `reference` does not know (config.purifiers.<name>) are
   checked against the family's Settings instead.
   """
+  refuse_moved_keys(config)
   given, expected = config.to_dict(), reference.to_dict()
   for name in given.get("purifiers", {}):
     expected.setdefault("purifiers", {}).setdefault(name, given["purifiers"][name])
@@ -42,8 +44,10 @@ def check_config(config: ml_collections.ConfigDict, reference: ml_collections.Co
   if "certify" in config:
     check_certify(config)
   _check_eval(config.eval)
-  if c.optimizer not in ("adam", "sgd"):
-    raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected 'adam' or 'sgd'")
+  from jaxpure import training
+  if c.optimizer not in training.OPTIMIZERS:
+    raise ConfigError(f"config.classifier.optimizer={c.optimizer!r}; expected one of "
+                      f"{sorted(training.OPTIMIZERS)}")
   if d.image_size < 1 or d.channels not in (1, 3) or d.num_classes < 2:
     raise ConfigError(f"config.data: image_size={d.image_size}, channels={d.channels}, "
                       f"num_classes={d.num_classes}; expected >= 1, 1 or 3, >= 2")
@@ -71,6 +75,32 @@ def _check_eval(ev) -> None:
                       f"{pgd_type} (a fixed-step-size attack on the defense)")
 
 
+#: Keys that were settings of a purifier family and are now read elsewhere: {(family, key): the
+#: config key that holds the value}.
+MOVED = {("diffpure", "beta_min"): "config.sde.beta_min",
+         ("diffpure", "beta_max"): "config.sde.beta_max"}
+
+
+def refuse_moved_keys(config) -> None:
+  """Raises ConfigError for a config that still sets a key of MOVED (the VP-SDE is config.sde
+  alone, for training and diffusion purification alike)."""
+  for (family, key), where in MOVED.items():
+    if family in config.get("purifiers", {}) and key in config.purifiers[family]:
+      raise ConfigError(f"config.purifiers.{family}.{key} is no longer a setting: the VP-SDE of "
+                        f"the network and of diffusion purification is config.sde; set {where} "
+                        "instead")
+
+
+def family_settings(config, name: str):
+  """The Settings of purifier family `name` from config.purifiers.<name>, with the VP-SDE of
+  config.sde where the family has one (its beta_min, beta_max)."""
+  refuse_moved_keys(config)
+  values = config.purifiers[name].to_dict()
+  fields = {f.name for f in dataclasses.fields(purifiers.get(name).Settings)}
+  values.update({k: config.sde[k] for k in ("beta_min", "beta_max") if k in fields})
+  return purifiers.make_settings(name, values)
+
+
 def check_defense(config):
   """The purifier family named by config.defense.purifier exists, its section's values make
   valid Settings, and the score network gives the field it needs; returns the Settings."""
@@ -79,18 +109,14 @@ def check_defense(config):
   if name not in config.purifiers:
     raise ConfigError(f"config.defense.purifier={name!r} but config.purifiers has no {name!r} "
                       f"section; add config.purifiers.{name} with keys from its Settings")
-  settings = purifiers.make_settings(name, config.purifiers[name].to_dict())
-  if config.defense.restarts < 1:
-    raise ConfigError(f"config.defense.restarts={config.defense.restarts}; expected >= 1")
-  time_input = getattr(models.get_class(config.score.model), "time_input", "none")
+  settings = family_settings(config, name)
+  from jaxpure.defense import check_restarts
+  check_restarts(config.defense.restarts, "config.defense.restarts")
+  time_input = networks.time_input(models.get_class(config.score.model))
   if family.TIME_INPUT != time_input:
     raise ConfigError(f"purifier {name!r} needs a score network with time input "
                       f"{family.TIME_INPUT!r}; config.score.model={config.score.model!r} has "
                       f"{time_input!r}")
-  for key in ("beta_min", "beta_max"):  # a diffusion purifier must use the network's SDE
-    if hasattr(settings, key) and getattr(settings, key) != config.sde[key]:
-      raise ConfigError(f"config.purifiers.{name}.{key}={getattr(settings, key)} differs from "
-                        f"config.sde.{key}={config.sde[key]}, the SDE the network was trained on")
   return settings
 
 
@@ -118,35 +144,31 @@ def check_certify(config, certifying: bool = False):
                       f"expected one of {known}")
   family = purifiers.get(name)
   if name == config.defense.purifier:
-    family_settings = check_defense(config)
+    denoiser_settings = check_defense(config)
   elif name in config.purifiers:
-    family_settings = purifiers.make_settings(name, config.purifiers[name].to_dict())
+    denoiser_settings = family_settings(config, name)
   else:
     raise ConfigError(f"config.certify.denoiser={name!r} but config.purifiers has no {name!r} "
                       "section")
-  time_input = getattr(models.get_class(config.score.model), "time_input", "none")
+  time_input = networks.time_input(models.get_class(config.score.model))
   if family.TIME_INPUT != time_input:
-    what = "diffusion smoothing" if family.TIME_INPUT == "vp_time" else "its denoiser"
+    what = ("diffusion smoothing" if family.TIME_INPUT == networks.VPTime.TIME_INPUT
+            else "its denoiser")
     raise ConfigError(f"config.certify.denoiser={name!r} ({what}) needs a score network with "
                       f"time input {family.TIME_INPUT!r}; config.score.model="
                       f"{config.score.model!r} has {time_input!r}")
-  for key in ("beta_min", "beta_max"):
-    if hasattr(family_settings, key) and getattr(family_settings, key) != config.sde[key]:
-      raise ConfigError(f"config.purifiers.{name}.{key}={getattr(family_settings, key)} differs "
-                        f"from config.sde.{key}={config.sde[key]}, the SDE the network was "
-                        "trained on")
   for sigma in settings.sigmas:
     if hasattr(family, "denoise_time"):
       try:
-        family.denoise_time(sigma, family_settings)
+        family.denoise_time(sigma, denoiser_settings)
       except ValueError as e:
         raise ConfigError(f"config.certify.sigmas: diffusion denoising at sigma={sigma}: {e}")
-    elif family.TIME_INPUT == "none" and not (
+    elif family.TIME_INPUT == networks.Unconditional.TIME_INPUT and not (
         config.score.sigma_min <= sigma <= config.score.sigma_max):
       raise ConfigError(f"config.certify.sigmas: sigma={sigma} is outside the score network's "
                         f"training levels [{config.score.sigma_min}, {config.score.sigma_max}] "
                         f"(config.score): its Tweedie step is not valid there")
-  return settings, name, family_settings
+  return settings, name, denoiser_settings
 
 
 def _unknown_key(key: str, expected: dict, where: str) -> ConfigError:

@@ -10,12 +10,67 @@ has its own key, and restart (or EOT sample) r of example b draws from
 import dataclasses
 from collections.abc import Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxpure.purifiers import common
 
 READOUTS = ("mean_softmax", "mean_logits", "majority_vote")
+
+
+def check_restarts(restarts: int, where: str = "restarts") -> None:
+  """Raises ConfigError unless restarts (R, the purifications a defense averages) >= 1."""
+  if restarts < 1:
+    from jaxpure.errors import ConfigError
+    raise ConfigError(f"{where}={restarts}; expected >= 1")
+
+
+@flax.struct.dataclass
+class BatchStatistics:
+  """Per-example results of the defense on a batch of B examples (`Defense.batch_statistics`),
+  every array with a last batch axis B (bool unless said):
+  clean: the bare classifier right; readouts: {read-out of READOUTS: the defense right};
+  single_restart: the first purification alone right; by_step [T + 1, B]: the mean-softmax
+  ensemble right after each purifier step (step 0: the noise-only ablation); step_mask
+  [R, T, B]: the examples each step still moved; step_scalars {name: [R, T, B] float}: the
+  purifier family's per-step numbers (ADP: "alpha")."""
+  clean: jax.Array
+  readouts: dict
+  single_restart: jax.Array
+  by_step: jax.Array
+  step_mask: jax.Array
+  step_scalars: dict
+
+  #: The prefix of a step scalar's name among the stored arrays (`arrays`).
+  STEP_SCALAR_PREFIX = "scalar_"
+
+  def arrays(self) -> dict:
+    """The statistics as one flat {name: array} (what the evaluation stores per batch)."""
+    return {"clean": self.clean, **self.readouts, "single_restart": self.single_restart,
+            "by_step": self.by_step, "step_mask": self.step_mask,
+            **{self.STEP_SCALAR_PREFIX + k: v for k, v in self.step_scalars.items()}}
+
+  @classmethod
+  def from_arrays(cls, arrays: dict) -> "BatchStatistics":
+    """The inverse of `arrays`."""
+    prefix = cls.STEP_SCALAR_PREFIX
+    return cls(clean=arrays["clean"], readouts={k: arrays[k] for k in READOUTS},
+               single_restart=arrays["single_restart"], by_step=arrays["by_step"],
+               step_mask=arrays["step_mask"],
+               step_scalars={k[len(prefix):]: v for k, v in arrays.items()
+                             if k.startswith(prefix)})
+
+
+def from_config(config, restarts: int | None = None) -> "Defense":
+  """The config's defense: its purifier family with the settings of config.purifiers (checked,
+  `config_checks.check_defense`), its networks and R = config.defense.restarts (or
+  `restarts`)."""
+  from jaxpure import config_checks, model_specs, purifiers
+  settings = config_checks.check_defense(config)
+  return Defense(score_fn=model_specs.score_fn(config), logits_fn=model_specs.logits_fn(config),
+                 family=purifiers.get(config.defense.purifier), settings=settings,
+                 restarts=config.defense.restarts if restarts is None else restarts)
 
 
 def ensemble(logits: jax.Array) -> dict[str, jax.Array]:
@@ -42,9 +97,7 @@ class Defense:
   restarts: int = 10
 
   def __post_init__(self):
-    if self.restarts < 1:
-      from jaxpure.errors import ConfigError
-      raise ConfigError(f"restarts={self.restarts} (expected >= 1)")
+    check_restarts(self.restarts)
 
   def with_steps(self, steps: int) -> "Defense":
     """The same defense with `steps` purifier steps (the family's STEPS_FIELD): the surrogate
@@ -115,23 +168,15 @@ class Defense:
     """The defense's predictions [B] by each read-out, over `restarts` purifications."""
     return ensemble(self.logits(params, x, keys, self.restarts))
 
-  def batch_statistics(self, params, x, y, keys) -> dict[str, jax.Array]:
-    """Per-example results on a batch x [B, H, W, C], labels y [B], keys [B].
-
-    Returns bool arrays with a last axis B: "clean" (bare classifier), each read-out of
-    READOUTS, "single_restart", "by_step" [T + 1, B] (mean-softmax ensemble after each step;
-    step 0 is the noise-only ablation); and the trace's "step_mask" [R, T, B] and
-    "scalar_<name>" [R, T, B] for each of the family's step scalars.
-    """
+  def batch_statistics(self, params, x, y, keys) -> BatchStatistics:
+    """Per-example results (`BatchStatistics`) on a batch x [B, H, W, C] in [0, 1], labels
+    y [B], keys [B]."""
     _, trace = self.purify(params, x, keys, self.restarts)
     iterates = jnp.swapaxes(trace["iterates"], 0, 1)  # [T + 1, R, B, H, W, C]
     logits = jax.lax.map(lambda xs: self.classify(params, xs), iterates)  # [T + 1, R, B, K]
-    out = {"clean": jnp.argmax(self.classify(params, x), -1) == y,
-           "single_restart": jnp.argmax(logits[-1, 0], -1) == y,
-           "by_step": jax.vmap(lambda l: ensemble(l)["mean_softmax"] == y)(logits),
-           "step_mask": trace["step_mask"]}
-    for name, value in trace["step_scalars"].items():
-      out[f"scalar_{name}"] = value
-    for name, pred in ensemble(logits[-1]).items():
-      out[name] = pred == y
-    return out
+    return BatchStatistics(
+        clean=jnp.argmax(self.classify(params, x), -1) == y,
+        readouts={name: pred == y for name, pred in ensemble(logits[-1]).items()},
+        single_restart=jnp.argmax(logits[-1, 0], -1) == y,
+        by_step=jax.vmap(lambda l: ensemble(l)["mean_softmax"] == y)(logits),
+        step_mask=trace["step_mask"], step_scalars=dict(trace["step_scalars"]))

@@ -1,6 +1,6 @@
-"""One spec per model kind ("score", "classifier"): how the config builds it, initialises it,
+"""One spec per model role ("score", "classifier"): how the config builds it, initialises it,
 trains it (its loss) and names it in checkpoints. Code that handles "a model" takes a spec
-instead of branching on the kind's name.
+instead of branching on the role's name.
 """
 
 import dataclasses
@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxpure import checkpoint, losses, models, sde as sde_lib, training
+from jaxpure import checkpoint, losses, models, networks, training
 
 
 def image_shape(config) -> tuple[int, int, int]:
@@ -28,23 +28,23 @@ def _module(section, **fixed):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """kind: the config section and checkpoint folder name; build(config) -> Flax module;
+  """role: the config section and checkpoint folder name; build(config) -> Flax module;
   init(module, key, x) -> variables; apply_train(module, variables, x, key) -> (output,
   new model state) is not needed here: each spec gives its loss instead."""
-  kind: str
+  role: str
   build: Callable
   init: Callable
   loss: Callable  # loss(config, module) -> loss_fn(params, model_state, batch, key)
 
   def identity(self, config) -> dict:
     """The checkpoint metadata a checkpoint of this model must carry."""
-    return checkpoint.model_identity(self.kind, config[self.kind].model,
+    return checkpoint.model_identity(self.role, config[self.role].model,
                                      models.fields(self.build(config)), image_shape(config))
 
   def optimizer_settings(self, config) -> training.OptimizerSettings:
-    section = config[self.kind]
+    section = config[self.role]
     return training.OptimizerSettings(
-        kind=section.get("optimizer", "adam"), lr=section.lr, beta1=section.get("beta1", 0.9),
+        optimizer=section.get("optimizer", "adam"), lr=section.lr, beta1=section.get("beta1", 0.9),
         beta2=section.get("beta2", 0.999), eps=section.get("eps", 1e-8),
         momentum=section.get("momentum", 0.9), weight_decay=section.weight_decay,
         grad_clip=section.grad_clip, num_steps=section.num_steps, ema_rate=section.ema_rate,
@@ -53,38 +53,16 @@ class ModelSpec:
 
 def noise_levels(config) -> jax.Array:
   """The DSM noise schedule of config.score, [L]."""
-  s = config.score
-  return losses.noise_levels(s.sigma_max, s.sigma_min, s.num_sigmas)
-
-
-def vp_sde(config) -> sde_lib.VPSDE:
-  """The VP-SDE of config.sde (time-conditioned networks)."""
-  return sde_lib.VPSDE(config.sde.beta_min, config.sde.beta_max)
+  return networks.Unconditional.from_config(config).noise_levels()
 
 
 def _score_loss(config, module):
-  """NCSNv2-type networks (time input "none"): the annealed DSM loss over config.score's noise
-  levels; time-conditioned ones ("vp_time"): Score SDE's continuous VP DSM loss, with dropout
-  in training."""
-  if getattr(module, "time_input", "none") == "vp_time":
-    return _vp_score_loss(config, module)
-  h, levels = models.score_function(module), noise_levels(config)
+  """The DSM loss of the network's type (`networks`: NCSNv2's annealed loss over config.score's
+  noise levels, or Score SDE's continuous VP loss on config.sde with dropout in training)."""
+  network = networks.for_config(config, module)
 
   def score_loss(params, model_state, batch, key):
-    return losses.dsm_loss(lambda p, x, t: h({"params": p}, x, t), params, batch["image"], key,
-                           levels), (model_state, {})
-  return score_loss
-
-
-def _vp_score_loss(config, module):
-  sde, t_eps = vp_sde(config), config.sde.t_eps
-
-  def score_loss(params, model_state, batch, key):
-    k_loss, k_drop = jax.random.split(key)
-    eps_fn = lambda p, x, t: module.apply({"params": p, **model_state}, x, 999.0 * t,  # noqa
-                                          train=True, rngs={"dropout": k_drop})
-    return losses.vp_dsm_loss(eps_fn, params, batch["image"], k_loss, sde, t_eps), (
-        model_state, {})
+    return network.dsm_loss(module, params, model_state, batch["image"], key), (model_state, {})
   return score_loss
 
 
@@ -106,21 +84,20 @@ def _classifier_loss(config, module):
 
 
 SCORE = ModelSpec(
-    kind="score",
+    role="score",
     build=lambda config: _module(config.score, channels=config.data.channels,
                                  image_size=config.data.image_size),
-    init=lambda module, key, x: module.init(key, x, jnp.ones(x.shape[:1], x.dtype))
-    if getattr(module, "time_input", "none") != "none" else module.init(key, x),
+    init=lambda module, key, x: networks.of(module).init(module, key, x),
     loss=_score_loss)
 
 CLASSIFIER = ModelSpec(
-    kind="classifier",
+    role="classifier",
     build=lambda config: _module(config.classifier, num_classes=config.data.num_classes),
     init=lambda module, key, x: module.init(key, x, train=False),
     loss=_classifier_loss)
 
-SPECS = {s.kind: s for s in (SCORE, CLASSIFIER)}
-KINDS = tuple(SPECS)
+SPECS = {s.role: s for s in (SCORE, CLASSIFIER)}
+ROLES = tuple(SPECS)
 
 
 def score_fn(config):

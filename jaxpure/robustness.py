@@ -20,7 +20,7 @@ import numpy as np
 from jaxpure import attacks as attacks_lib, statistics
 from jaxpure.attacks import functions
 from jaxpure.defense import READOUTS
-from jaxpure.jobs.evaluation import budget as budget_lib, report as report_lib
+from jaxpure.jobs.evaluation import attack as attack_lib, budget as budget_lib
 from jaxpure.purifiers.common import example_keys
 
 #: The attack functions' names (`jaxpure.attacks.pgd_eot`, ...) that differ from the
@@ -225,7 +225,7 @@ def _report(defense, clean, attacked, settings, searched, scoring_runs, resubmis
   """The report dict (evaluate.py's keys where they apply), worst case first."""
   n = int(next(iter(clean.values())).shape[-1])
   robust = {a: float(r["runs"].mean()) for a, r in attacked.items()}
-  worst = report_lib.worst_case({a: r["runs"] for a, r in attacked.items()})
+  worst = attack_lib.worst_case({a: r["runs"] for a, r in attacked.items()})
   baseline = attacks_lib.UNDEFENDED_BASELINE
   return {
       "robust_accuracy_worst_case": worst["accuracy"],
@@ -235,11 +235,11 @@ def _report(defense, clean, attacked, settings, searched, scoring_runs, resubmis
       "defended_clean_accuracy": float(clean["mean_softmax"].mean()),
       "defended_accuracy_by_readout": {k: float(clean[k].mean()) for k in READOUTS},
       "robust_accuracy": robust,
-      "robust_accuracy_standard_error": {a: report_lib.standard_error(v, n)
+      "robust_accuracy_standard_error": {a: statistics.standard_error(v, n)
                                          for a, v in robust.items()},
       "worst_case": worst,
       "scoring": {"runs": scoring_runs, "headline": "mean over runs",
-                  "by_attack": {a: report_lib.run_scores(r["runs"], resubmissions)
+                  "by_attack": {a: attack_lib.run_scores(r["runs"], resubmissions)
                                 for a, r in attacked.items()}},
       "undefended_robust_accuracy": (float(attacked[baseline]["bare"].mean())
                                      if baseline in attacked else None),

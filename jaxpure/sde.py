@@ -44,11 +44,6 @@ class VPSDE:
     _, std = self.marginal(jnp.asarray(t, eps_hat.dtype))
     return -eps_hat / jnp.reshape(std, (-1,) + (1,) * (eps_hat.ndim - 1))
 
-  def reverse_drift(self, x: jax.Array, score: jax.Array, t) -> jax.Array:
-    """The reverse SDE's drift f - g^2 s = -1/2 beta(t) x - beta(t) s (per unit forward time)."""
-    b = jnp.reshape(self.beta(jnp.asarray(t, x.dtype)), (-1,) + (1,) * (x.ndim - 1))
-    return -0.5 * b * x - b * score
-
   def time_for_noise_ratio(self, ratio: float) -> float:
     """The time t with sqrt((1 - abar(t)) / abar(t)) = ratio (> 0), in closed form: abar(t) =
     1 / (1 + ratio^2), i.e. 1/2 (beta_max - beta_min) t^2 + beta_min t = log(1 + ratio^2), the

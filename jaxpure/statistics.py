@@ -15,6 +15,11 @@ from scipy import stats
 DEFAULT_LEVEL = 0.05
 
 
+def standard_error(p: float, n: int) -> float:
+  """The binomial standard error of an accuracy p over n examples."""
+  return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
 def standard_error_over_examples(per_example: np.ndarray) -> float:
   """The standard error of the mean of per-example values [n] (sample std, ddof 1, over
   sqrt(n)); 0 for a single example."""

@@ -26,7 +26,7 @@ LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]]
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
   """Optimizer and EMA settings of one model (read from the config by the entry point)."""
-  kind: str = "adam"  # "adam" (NCSNv2) or "sgd" (momentum, nesterov, cosine decay)
+  optimizer: str = "adam"  # a name of OPTIMIZERS: "adam" (NCSNv2) or "sgd" (cosine decay)
   lr: float = 1e-4
   beta1: float = 0.9
   beta2: float = 0.999
@@ -39,22 +39,30 @@ class OptimizerSettings:
   ema_debias: bool = True
 
 
+def _adam(s: OptimizerSettings) -> list:
+  """Adam (AdamW with weight decay), NCSNv2's optimizer."""
+  if s.weight_decay > 0:
+    return [optax.adamw(s.lr, s.beta1, s.beta2, s.eps, weight_decay=s.weight_decay)]
+  return [optax.adam(s.lr, s.beta1, s.beta2, s.eps)]
+
+
+def _sgd(s: OptimizerSettings) -> list:
+  """SGD with Nesterov momentum and a cosine-decayed learning rate (after weight decay)."""
+  parts = [optax.add_decayed_weights(s.weight_decay)] if s.weight_decay > 0 else []
+  schedule = optax.cosine_decay_schedule(s.lr, max(s.num_steps, 1))
+  return parts + [optax.sgd(schedule, momentum=s.momentum, nesterov=True)]
+
+
+#: The optimizers by name (config.<model>.optimizer): each gives its optax transformations.
+OPTIMIZERS = {"adam": _adam, "sgd": _sgd}
+
+
 def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
-  """The optax chain: [clip by global norm] -> adam(w) or sgd with cosine-decayed lr."""
+  """The optax chain: [clip by global norm] -> the optimizer s.optimizer of OPTIMIZERS."""
+  if s.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {s.optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
   parts = [optax.clip_by_global_norm(s.grad_clip)] if s.grad_clip > 0 else []
-  if s.kind == "adam":
-    if s.weight_decay > 0:
-      parts.append(optax.adamw(s.lr, s.beta1, s.beta2, s.eps, weight_decay=s.weight_decay))
-    else:
-      parts.append(optax.adam(s.lr, s.beta1, s.beta2, s.eps))
-  elif s.kind == "sgd":
-    if s.weight_decay > 0:
-      parts.append(optax.add_decayed_weights(s.weight_decay))
-    schedule = optax.cosine_decay_schedule(s.lr, max(s.num_steps, 1))
-    parts.append(optax.sgd(schedule, momentum=s.momentum, nesterov=True))
-  else:
-    raise ValueError(f"unknown optimizer {s.kind!r}; expected 'adam' or 'sgd'")
-  return optax.chain(*parts)
+  return optax.chain(*parts, *OPTIMIZERS[s.optimizer](s))
 
 
 def make_ema(s: OptimizerSettings) -> optax.GradientTransformation:
@@ -126,21 +134,34 @@ class LoopResult:
   completed: bool  # False when should_stop() interrupted the loop (a checkpoint was saved)
 
 
+def _stop_non_finite(model: str, step: int, loss: float, checkpointer, grad_clip: float):
+  """Raises NonFiniteLossError for a non-finite loss or parameters at `step`, saying which
+  checkpoint is kept and what to change (grad_clip: the run's clipping norm)."""
+  checkpointer.wait()
+  kept = checkpointer.latest_step()
+  kept = (f"the last good checkpoint is kept at step {kept}" if kept is not None else
+          "no checkpoint was saved yet (nothing non-finite is saved)")
+  advice = (f"lower the learning rate (gradient clipping is already on: "
+            f"config.{model}.grad_clip={grad_clip:g})" if grad_clip > 0 else
+            f"lower the learning rate or enable gradient clipping "
+            f"(--config.{model}.grad_clip=1.0)")
+  raise NonFiniteLossError(
+      f"[{model}] non-finite loss or parameters at step {step} (loss={loss}); "
+      f"stopped; {kept}; {advice}")
+
+
 def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[int], Any],
                key: jax.Array, num_steps: int, checkpointer, log_every: int,
                log_metrics: Callable[[dict], None], should_stop: Callable[[], bool] = lambda: False,
                print_fn: Callable[[str], None] = print, grad_clip: float = 0.0) -> LoopResult:
   """Runs `train_step` from `state.step` to `num_steps`, logging, checkpointing, stoppable.
 
-  The first step compiles: a "compiling ..." line comes before it and its time is reported
-  apart. Every `log_every` steps (and at the end) it writes a metrics dict (step, model, loss,
-  steps_per_sec, ...) through `log_metrics` and a progress line with ETA through `print_fn`;
-  steps/s and the ETA count only steps after the first, so compile time does not inflate them.
-  Checkpoints follow the checkpointer's policy; a non-finite loss or parameters raises
-  NonFiniteLossError before anything non-finite is saved (grad_clip, the run's clipping
-  norm, only shapes its advice). When `should_stop()` turns true the state is saved and the
-  loop returns with completed=False.
-  """
+  The first step compiles: a "compiling ..." line comes before it, its time reported apart.
+  Every `log_every` steps (and at the end): a metrics dict (step, model, loss, steps_per_sec,
+  ...) through `log_metrics`, a progress line with ETA through `print_fn` (steps/s and ETA
+  count only steps after the first). Checkpoints follow the checkpointer's policy; a non-finite
+  loss or parameters stops it before anything non-finite is saved (`_stop_non_finite`); when
+  `should_stop()` turns true the state is saved and it returns with completed=False."""
   step = int(state.step)
   first_step = step + 1
   t_last, step_last = time.perf_counter(), step
@@ -169,17 +190,7 @@ def train_loop(*, model: str, state: TrainState, train_step, batches: Callable[[
     if is_log or is_save:
       host = jax.device_get(metrics)
       if not bool(host["finite"]):
-        checkpointer.wait()
-        kept = checkpointer.latest_step()
-        kept = (f"the last good checkpoint is kept at step {kept}" if kept is not None else
-                "no checkpoint was saved yet (nothing non-finite is saved)")
-        advice = (f"lower the learning rate (gradient clipping is already on: "
-                  f"config.{model}.grad_clip={grad_clip:g})" if grad_clip > 0 else
-                  f"lower the learning rate or enable gradient clipping "
-                  f"(--config.{model}.grad_clip=1.0)")
-        raise NonFiniteLossError(
-            f"[{model}] non-finite loss or parameters at step {step} (loss={float(host['loss'])}); "
-            f"stopped; {kept}; {advice}")
+        _stop_non_finite(model, step, float(host["loss"]), checkpointer, grad_clip)
     if is_log:
       now = time.perf_counter()
       rate = (step - step_last) / max(now - t_last, 1e-9)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxpure import attacks as attacks_lib, statistics
 from jaxpure.errors import ConfigError
-from jaxpure.jobs.evaluation import budget, report, units
+from jaxpure.jobs.evaluation import attack as attack_units, budget, budget_curves, report, units
 
 from test_scoring import _unit_inputs
 
@@ -52,7 +52,7 @@ def test_an_unpaired_drop_within_one_standard_error_can_still_be_significant_pai
   se = statistics.standard_error_over_examples(large.mean(0).astype(float))
   assert drop < se
   assert statistics.paired_budget_test(small, large)["still_helps"]
-  rows_test, why = report.not_converged((30, 60), np.stack([small, large]), "num_steps")
+  rows_test, why = budget_curves.not_converged((30, 60), np.stack([small, large]), "num_steps")
   assert why and "30 to 60" in why and rows_test["broken_more"] == 5
 
 
@@ -138,7 +138,7 @@ def test_search_units_score_what_the_attack_units_give_at_those_budgets():
   correct = np.asarray(units.run_unit(unit, params, batch)["correct"])
   assert correct.shape == (2, 3, 64)
   for row, steps in zip(correct, (2, 4)):
-    alone = units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
+    alone = attack_units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
         s, num_steps=steps), defense, attack_key, eval_key, 64, 0, scoring_runs=3)
     np.testing.assert_array_equal(row, np.asarray(units.run_unit(
         alone, params, batch)["defended_correct"]))
@@ -178,7 +178,7 @@ def test_resubmission_estimate_by_hand_and_unbiased_on_a_toy_defense():
   tolerance = 4 * np.std(per_example) / math.sqrt(q.size)
   assert abs(statistics.resubmission_robustness(runs, m) - exact) < tolerance
   assert np.mean(runs.mean(0) ** m) - exact > tolerance
-  scores = report.run_scores(runs[:, :100], resubmissions=3)
+  scores = attack_units.run_scores(runs[:, :100], resubmissions=3)
   assert scores["resubmission"]["submissions"] == 3
   assert scores["resubmission"]["accuracy"] == pytest.approx(
       statistics.resubmission_robustness(runs[:, :100], 3))

@@ -275,8 +275,9 @@ def _run_plan(tmp_path, mesh, config, defense, params, after_batch=lambda u, b: 
   runner = units_lib.Runner(params, data.open_split("digits", "test"), 20, mesh,
                             store_lib.BatchStore(str(tmp_path / "batches"), lambda s: None),
                             {"n": 20}, print_fn=lambda s: None, after_batch=after_batch)
-  p = certify_units.plan(config, defense, jax.random.key(1), jax.random.key(2))
-  return certify_units.run(p, runner)
+  p = certify_units.make_plan(config, defense, jax.random.key(1), jax.random.key(2))
+  return certify_units.section(p, {s: runner.run(u) for s, u in p.certify_units.items()},
+                               {k: runner.run(u) for k, u in p.attack_units.items()})
 
 
 def _strip(section):
@@ -331,7 +332,7 @@ def test_bracket_flags_a_certificate_above_the_attacked_accuracy():
   same certificates beside a failed attack are consistent."""
   config, defense, _ = _unit_setup()
   config.certify.n = 100_000
-  p = certify_units.plan(config, defense, jax.random.key(1), jax.random.key(2))
+  p = certify_units.make_plan(config, defense, jax.random.key(1), jax.random.key(2))
   n, labels = 20, np.arange(20) % 10
   right = np.eye(10, dtype=np.int64)[labels].T  # [K, n]: every vote for the label
   cert = [{"selection_votes": right * 20, "estimation_votes": right * 100_000,

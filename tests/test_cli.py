@@ -105,6 +105,17 @@ def test_bad_config_is_one_line_error(override, fragment, tmp_path):
   assert_one_line_error(proc, fragment)
 
 
+def test_a_config_setting_the_old_diffpure_sde_is_refused_in_one_line(tmp_path):
+  """The VP-SDE is config.sde alone: a config that still sets config.purifiers.diffpure.beta_*
+  is refused (one line naming the key and config.sde, exit 2), never read."""
+  path = tmp_path / "old_diffpure.py"
+  path.write_text("from configs import digits_diffpure\n\n\ndef get_config():\n"
+                  "  config = digits_diffpure.get_config()\n"
+                  "  config.purifiers.diffpure.beta_max = 20.0\n  return config\n")
+  proc = run_train("--config", str(path), "--workdir", str(tmp_path / "run"))
+  assert_one_line_error(proc, "config.purifiers.diffpure.beta_max", "config.sde.beta_max")
+
+
 def test_missing_config_file_is_one_line_error(tmp_path):
   proc = run_train("--config", "configs/nope.py", "--workdir", str(tmp_path))
   assert_one_line_error(proc, "nope.py")

@@ -491,7 +491,7 @@ def test_evaluation_pictures_are_labelled(trained, tmp_path):
   params = {k: m.variables for k, m in loaded.items()}
   split = data.open_split("digits", "test")
   x, _ = data.read_all(split, 8)
-  attacked = {name: {"x_adv": np.clip(x + 0.1 * i, 0, 1)} for i, name in
+  attacked = {name: np.clip(x + 0.1 * i, 0, 1) for i, name in
               enumerate(["pgd_clf", "pgd_eot_full"], 1)}
   steps = config.purifiers.adp.max_iter
   report = {"accuracy_by_step": [0.5] * (steps + 1), "clean_accuracy": 0.6,
@@ -503,7 +503,8 @@ def test_evaluation_pictures_are_labelled(trained, tmp_path):
                                            for e, a, b in [(0.1, .5, .2), (0.5, 0., 0.)]]}}
   mask = np.ones((config.defense.restarts, steps, 8), bool)
   with _Recorder() as rec:
-    pictures.write_all(str(tmp_path), config, evaluation.make_defense(config), params, split,
+    pictures.write_all(str(tmp_path), evaluation.settings.read(config),
+                       evaluation.make_defense(config), params, split,
                        jax.random.key(0), report, {"alpha": np.full(mask.shape, 0.01)}, mask,
                        attacked)
   assert rec.calls["purification.png"]["row_labels"] == [
@@ -517,7 +518,7 @@ def test_evaluation_pictures_are_labelled(trained, tmp_path):
   # Attacks without --sweep: no eps_sweep.png (a one-point "sweep" says nothing).
   report["eps_sweep"] = {}
   (tmp_path / "no_sweep").mkdir()
-  written = pictures.write_all(str(tmp_path / "no_sweep"), config,
+  written = pictures.write_all(str(tmp_path / "no_sweep"), evaluation.settings.read(config),
                                evaluation.make_defense(config), params, split, jax.random.key(0),
                                report, {"alpha": np.full(mask.shape, 0.01)}, mask, attacked)
   assert sorted(os.listdir(tmp_path / "no_sweep")) == sorted(written) == [

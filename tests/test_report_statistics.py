@@ -8,17 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from jaxpure import attacks as attacks_lib
-from jaxpure.jobs.evaluation import report
+from jaxpure import attacks as attacks_lib, statistics
+from jaxpure.jobs.evaluation import attack as attack_units, budget_curves, report
+from jaxpure.jobs.evaluation import clean as clean_units
 
 T, F = True, False
 
 
 def test_standard_error_is_the_binomial_formula():
-  assert report.standard_error(0.25, 12) == pytest.approx(math.sqrt(0.25 * 0.75 / 12), rel=1e-15)
-  assert report.standard_error(0.5, 100) == pytest.approx(0.05, rel=1e-15)
-  assert report.standard_error(1.0, 7) == 0.0
-  assert report.standard_error(0.5, 0) == pytest.approx(0.5)  # no examples: n taken as 1
+  assert statistics.standard_error(0.25, 12) == pytest.approx(math.sqrt(0.25 * 0.75 / 12),
+                                                               rel=1e-15)
+  assert statistics.standard_error(0.5, 100) == pytest.approx(0.05, rel=1e-15)
+  assert statistics.standard_error(1.0, 7) == 0.0
+  assert statistics.standard_error(0.5, 0) == pytest.approx(0.5)  # no examples: n taken as 1
 
 
 # 4 runs (an even number) of 6 examples, right in 4, 3, 2, 2, 1, 0 of the runs.
@@ -29,7 +31,7 @@ RUNS = np.array([[T, T, T, F, F, F],
 
 
 def test_run_scores_against_hand_computed_values():
-  got = report.run_scores(RUNS)
+  got = attack_units.run_scores(RUNS)
   assert got["runs"] == 4
   # mean: per example 1, .75, .5, .5, .25, 0 -> .5; squared deviations .25 .0625 0 0 .0625 .25
   # sum .625, variance (ddof 1) .125, standard error sqrt(.125 / 6)
@@ -46,7 +48,7 @@ def test_run_scores_against_hand_computed_values():
 
 
 def test_run_scores_of_one_example_has_no_standard_error():
-  got = report.run_scores(np.array([[T], [F]]))
+  got = attack_units.run_scores(np.array([[T], [F]]))
   assert got["mean"] == {"accuracy": 0.5, "standard_error": 0.0}
   assert got["majority_vote"]["accuracy"] == 0.0  # a 1-1 tie is wrong
 
@@ -63,7 +65,7 @@ BY_ATTACK = {
 
 
 def test_worst_case_against_hand_computed_values():
-  got = report.worst_case(BY_ATTACK)
+  got = attack_units.worst_case(BY_ATTACK)
   # Per run, right only if right against every attack: run 0 [T F F F F], run 1 [T F F F F]
   # (example 2 falls in both runs, to b in run 0 and to a in run 1, though neither attack
   # breaks it in a majority of runs). Per example 1, 0, 0, 0, 0 -> 0.2; variance (ddof 1)
@@ -77,9 +79,9 @@ def test_worst_case_against_hand_computed_values():
 
 
 def test_worst_case_of_nothing_and_of_one_example():
-  assert report.worst_case({}) == {"accuracy": None, "standard_error": None,
+  assert attack_units.worst_case({}) == {"accuracy": None, "standard_error": None,
                                    "per_example": [], "broken_by": {}, "broken_only_by": {}}
-  got = report.worst_case({"a": np.array([[T], [T]]), "b": np.array([[T], [F]])})
+  got = attack_units.worst_case({"a": np.array([[T], [T]]), "b": np.array([[T], [F]])})
   assert got["accuracy"] == 0.5 and got["standard_error"] == 0.0
   assert got["per_example"] == [0.5]
   assert got["broken_by"] == {"a": 0, "b": 0} and got["broken_only_by"] == {"a": 0, "b": 0}
@@ -87,7 +89,7 @@ def test_worst_case_of_nothing_and_of_one_example():
 
 def test_budget_curve_standard_error_is_over_examples():
   correct = np.array([[[T, T, F, F], [T, F, F, F]]])  # one budget, 2 runs, 4 examples
-  (row,) = report.budget_curve([7], correct, "n_eot")
+  (row,) = budget_curves.budget_curve([7], correct, "n_eot")
   # per example 1, .5, 0, 0 -> .375; squared deviations .390625 .015625 .140625 .140625 sum
   # .6875, variance (ddof 1) .6875 / 3
   assert row == {"n_eot": 7, "accuracy": 0.375,
@@ -99,7 +101,7 @@ def test_step_scalar_summary_against_hand_computed_quantiles():
                      [[4.0, 5, 6], [99, 20, 99], [99, 99, 99]]])  # restart 1
   mask = np.array([[[T, T, T], [T, F, F], [F, F, F]],
                    [[T, T, T], [F, T, F], [F, F, F]]])
-  rows = report.step_scalar_summary(values, mask)
+  rows = clean_units.step_scalar_summary(values, mask)
   assert [r["step"] for r in rows] == [1, 2, 3]
   # step 1: the six values 1..6; linear interpolation at positions 1.25, 2.5, 3.75
   assert rows[0] == {"step": 1, "active_fraction": 1.0, "q25": 2.25, "median": 3.5,

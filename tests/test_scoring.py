@@ -11,7 +11,7 @@ import pytest
 from jaxpure import attacks as attacks_lib
 from jaxpure.attacks import eot
 from jaxpure.defense import Defense
-from jaxpure.jobs.evaluation import report, units
+from jaxpure.jobs.evaluation import attack as attack_units, budget_curves, report, units
 from jaxpure.purifiers import adp, common
 
 
@@ -19,23 +19,23 @@ def test_worst_case_is_never_above_any_attack_and_equals_a_dominating_one():
   rng = np.random.default_rng(0)
   a = rng.random((3, 200)) < 0.6
   b = rng.random((3, 200)) < 0.5
-  worst = report.worst_case({"a": a, "b": b})
+  worst = attack_units.worst_case({"a": a, "b": b})
   for runs in (a, b):
-    assert worst["accuracy"] <= report.run_scores(runs)["mean"]["accuracy"]
+    assert worst["accuracy"] <= attack_units.run_scores(runs)["mean"]["accuracy"]
   assert worst["accuracy"] < min(a.mean(), b.mean())  # they break different examples
   dominated = a | b  # wrong only where b is wrong: b dominates
-  assert report.worst_case({"a": dominated, "b": b})["accuracy"] == pytest.approx(b.mean())
-  assert report.worst_case({"b": b})["accuracy"] == pytest.approx(b.mean())
+  assert attack_units.worst_case({"a": dominated, "b": b})["accuracy"] == pytest.approx(b.mean())
+  assert attack_units.worst_case({"b": b})["accuracy"] == pytest.approx(b.mean())
   assert worst["broken_by"]["a"] == int(((a.mean(0)) < 0.5).sum())
 
 
 def test_run_scores_with_one_run_is_the_single_scoring():
   runs = np.random.default_rng(1).random((1, 100)) < 0.3
-  scores = report.run_scores(runs)
+  scores = attack_units.run_scores(runs)
   for name in ("mean", "all_runs", "majority_vote"):
     assert scores[name]["accuracy"] == pytest.approx(runs.mean())
   many = np.random.default_rng(2).random((5, 100)) < 0.5
-  scores = report.run_scores(many)
+  scores = attack_units.run_scores(many)
   assert scores["all_runs"]["accuracy"] == pytest.approx(many.all(0).mean())
   assert scores["majority_vote"]["accuracy"] == pytest.approx((many.sum(0) >= 3).mean())
   assert scores["all_runs"]["accuracy"] <= scores["mean"]["accuracy"]
@@ -91,8 +91,8 @@ def test_each_scoring_run_is_the_defense_with_its_own_keys():
   attack_key, eval_key = jax.random.key(1), jax.random.key(2)
   s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=2)
   runs = 4
-  unit = units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 64, 0,
-                           scoring_runs=runs)
+  unit = attack_units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 64, 0,
+                                  scoring_runs=runs)
   out = units.run_unit(unit, params, batch)
   assert out["defended_correct"].shape == (runs, 64)
   s_key = jax.random.fold_in(eval_key, units.tag("pgd_clf"))
@@ -112,10 +112,10 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
   attack_key, eval_key = jax.random.key(3), jax.random.key(4)
   s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=4, n_eot=2)
   runs = 3
-  attack = units.attack_unit("pgd_eot_full", "pgd_eot_full", s, defense, attack_key, eval_key,
-                             64, 0, scoring_runs=runs)
-  budget = units.budget_unit("pgd_eot_full", s, defense, attack_key, eval_key, 64, 0, 64,
-                             scoring_runs=runs)
+  attack = attack_units.attack_unit("pgd_eot_full", "pgd_eot_full", s, defense, attack_key,
+                                    eval_key, 64, 0, scoring_runs=runs)
+  budget = budget_curves.budget_unit("pgd_eot_full", s, defense, attack_key, eval_key, 64, 0,
+                                     64, scoring_runs=runs)
   whole = units.run_unit(attack, params, batch)["defended_correct"]
   curves = jax.jit(budget.fn)(params, batch, budget.dynamic)
   assert curves["steps_correct"].shape == (3, runs, 64)  # steps 1, 2, 4
@@ -126,7 +126,7 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
   for row, budget in ((curves["steps_correct"][0], dict(num_steps=1)),
                       (curves["steps_correct"][1], dict(num_steps=2)),
                       (curves["eot_correct"][0], dict(n_eot=1))):
-    shorter = units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
+    shorter = attack_units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
         s, **budget), defense, attack_key, eval_key, 64, 0, scoring_runs=runs)
     np.testing.assert_array_equal(np.asarray(row), np.asarray(units.run_unit(
         shorter, params, batch)["defended_correct"]))
@@ -141,25 +141,26 @@ def _correct(accuracies, n=64):
 
 def test_not_converged_is_the_paired_test_of_the_last_doubling():
   budgets = (5, 10, 20, 40)
-  test, why = report.not_converged(budgets, _correct([0.6, 0.45, 0.35, 0.25]), "num_steps")
+  test, why = budget_curves.not_converged(budgets, _correct([0.6, 0.45, 0.35, 0.25]), "num_steps")
   assert why and "20 to 40" in why and test["broken_more"] == 6 and test["broken_fewer"] == 0
   assert test["p_value"] == pytest.approx(1 / 64)
-  assert report.not_converged(budgets, _correct([0.6, 0.3, 0.25, 0.25]), "num_steps")[1] is None
+  assert budget_curves.not_converged(budgets, _correct([0.6, 0.3, 0.25, 0.25]),
+                                     "num_steps")[1] is None
   # 4 examples broken more (p = 1/16): not significant at 0.05, significant at 0.1
   small = _correct([0.5, 0.3125, 0.3125, 0.25])
-  assert report.not_converged(budgets, small, "num_steps")[1] is None
-  assert report.not_converged(budgets, small, "num_steps", level=0.1)[1] is not None
+  assert budget_curves.not_converged(budgets, small, "num_steps")[1] is None
+  assert budget_curves.not_converged(budgets, small, "num_steps", level=0.1)[1] is not None
   # 6 broken more and 6 repaired (other examples): no evidence that the doubling helps
   mixed = _correct([0.5, 0.4])
   mixed[1, 0, 40:46] = True
-  assert report.not_converged((20, 40), mixed, "num_steps")[1] is None
-  assert report.not_converged((40,), _correct([0.25]), "num_steps") == (None, None)
+  assert budget_curves.not_converged((20, 40), mixed, "num_steps")[1] is None
+  assert budget_curves.not_converged((40,), _correct([0.25]), "num_steps") == (None, None)
 
 
 def test_an_unconverged_budget_curve_makes_the_report_suspect():
   steps_correct = np.stack([np.arange(64) < k for k in (40, 30, 20, 10)])[:, None]
   flat = np.stack([np.arange(64) < 10] * 2)[:, None]
-  falling = report.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
+  falling = budget_curves.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
       num_steps=40, n_eot=2), (5, 10, 20, 40), (1, 2), steps_correct, flat)
   assert not falling["converged"]
   assert [r["accuracy"] for r in falling["by_num_steps"]] == [40 / 64, 30 / 64, 20 / 64, 10 / 64]
@@ -168,7 +169,7 @@ def test_an_unconverged_budget_curve_makes_the_report_suspect():
   base = {"eps_sweep": {}, "robust_accuracy": {}, "robust_accuracy_standard_error": {}}
   reasons = report.suspect_reasons(dict(base, budget_curves=falling), "pgd_eot_full")
   assert any("not converged" in r for r in reasons)
-  converged = report.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
+  converged = budget_curves.budget_report("pgd_eot_full", attacks_lib.AttackSettings(
       num_steps=40, n_eot=2), (5, 10, 20, 40), (1, 2), np.stack([flat[0]] * 4), flat)
   assert converged["converged"]
   assert report.suspect_reasons(dict(base, budget_curves=converged), "pgd_eot_full") == []
@@ -190,14 +191,14 @@ def test_an_attack_and_its_eps_sweep_share_programs_that_equal_each_compiled_alo
   point = dataclasses.replace(s, eps=0.1, step_size=0.05, num_steps=3)
   if name == "apgd_eot":
     point = dataclasses.replace(point, num_steps=s.num_steps)
-    other = units.attack_unit("x", name, dataclasses.replace(point, num_steps=3), defense,
-                              attack_key, eval_key, 16, 0, sweep_index=1)
-    assert other.stages[0].compile_key != units.attack_unit(
+    other = attack_units.attack_unit("x", name, dataclasses.replace(point, num_steps=3), defense,
+                                     attack_key, eval_key, 16, 0, sweep_index=1)
+    assert other.stages[0].compile_key != attack_units.attack_unit(
         name, name, s, defense, attack_key, eval_key, 16, 0).stages[0].compile_key
-  own = units.attack_unit(name, name, s, defense, attack_key, eval_key, 16, 0)
-  sweep = units.attack_unit(f"sweep_{name}_eps0.1", name, point, defense, attack_key, eval_key,
-                            16, 0, sweep_index=2)
-  blind = units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 16, 0)
+  own = attack_units.attack_unit(name, name, s, defense, attack_key, eval_key, 16, 0)
+  sweep = attack_units.attack_unit(f"sweep_{name}_eps0.1", name, point, defense, attack_key,
+                                   eval_key, 16, 0, sweep_index=2)
+  blind = attack_units.attack_unit("pgd_clf", "pgd_clf", s, defense, attack_key, eval_key, 16, 0)
   assert [st.compile_key for st in own.stages] == [st.compile_key for st in sweep.stages]
   assert blind.stages[1].compile_key == own.stages[1].compile_key  # one scoring program
   cache = {}

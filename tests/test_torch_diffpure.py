@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import bench_attack  # noqa: E402
 from benchmarks import torch_diffpure as td  # noqa: E402
-from jaxpure import models  # noqa: E402
+from jaxpure import importers, models  # noqa: E402
 from jaxpure.attacks import eot  # noqa: E402
 from jaxpure.defense import Defense  # noqa: E402
 from jaxpure.importers import ddpmpp as imp  # noqa: E402
@@ -53,7 +53,7 @@ def test_original_checkpoint_reproduces_the_original_outputs(weights):
   ckpt = torch_io.load_torch_checkpoint(os.path.join(DATA, "ddpmpp_cifar10_nf16.pth"))
   ref = dict(np.load(os.path.join(DATA, "ddpmpp_cifar10_nf16_reference.npz")))
   arch = imp.infer_architecture(ckpt["model"], image_size=32)
-  state = imp.strip_data_parallel(ckpt["model"]) if weights == "model" else imp.ema_state_dict(ckpt)
+  state = importers.strip_prefix(ckpt["model"])[0] if weights == "model" else imp.ema_state_dict(ckpt)
   want = ref["model_output_nchw" if weights == "model" else "ema_model_output_nchw"]
   net = td.TorchDDPMpp(**arch)
   net.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()

@@ -33,6 +33,7 @@ The attacks through the purifier can add a DiffAttack-style deviation loss
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,30 +58,20 @@ class AttackSpec:
   deviation loss and EOT chunking apply; start_gradient: evaluates the gradient at its start
   point too (APGD), so num_steps + 1 gradients per run; trajectory: a fixed-step-size attack
   returning its last iterate, so its k-step run is the k-th point of a longer run's
-  trajectory (`attack_trajectory`: budget curves and the budget search)."""
+  trajectory (`attack_trajectory`: budget curves and the budget search); dynamic: the
+  settings it takes as traced arguments (`dynamic_settings`); build(defense, s) -> its
+  function (`attack_function`; None: PGD on its gradient estimator); cost(s, restarts,
+  per_gradient) -> its purifications per example (`purifications`; None: one gradient per
+  step)."""
   name: str
   exact_gradient: bool = False
   blind: bool = False
   through_purifier: bool = False
   start_gradient: bool = False
   trajectory: bool = True
-
-
-SPECS = {s.name: s for s in (
-    AttackSpec("pgd_clf", blind=True),
-    AttackSpec("bpda_eot"),
-    AttackSpec("bpda_eot_adp"),
-    AttackSpec("pgd_eot_full", exact_gradient=True, through_purifier=True),
-    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True, start_gradient=True,
-               trajectory=False),
-    # exact gradient of a shorter purification (settings.surrogate_steps): not the defense's
-    AttackSpec("pgd_eot_surrogate", through_purifier=True),
-    AttackSpec("pgd_eot_inloop", exact_gradient=True, through_purifier=True, trajectory=False),
-)}
-ATTACKS = tuple(SPECS)
-EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
-#: The attack that measures the bare classifier's robustness (the undefended baseline).
-UNDEFENDED_BASELINE = next(n for n, s in SPECS.items() if s.blind)
+  dynamic: tuple[str, ...] = ("eps", "step_size", "num_steps")
+  build: Callable | None = None
+  cost: Callable | None = None
 
 
 def _check(name: str, s: AttackSettings, defense: Defense) -> None:
@@ -129,14 +120,22 @@ def purifications(name: str, s: AttackSettings, restarts: int) -> float:
   if spec.blind:
     return 0.0
   per_gradient = s.n_eot * (EXACT_GRADIENT_COST if spec.through_purifier else 1.0)
-  if name == "apgd_eot":  # its runs, each with a start evaluation, then the candidate choice
-    runs = len(s.losses) * (1 + s.warm_restarts)
-    candidates = runs * (2 if s.final_candidate else 1)
-    choice = candidates * restarts if candidates > 1 else 0  # one candidate: no choice
-    return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
-  if name == "pgd_eot_inloop":  # each iterate also scored by the defense's runs
-    return s.num_steps * (per_gradient + s.inloop_runs * restarts)
+  if spec.cost is not None:
+    return spec.cost(s, restarts, per_gradient)
   return s.num_steps * per_gradient
+
+
+def _apgd_cost(s: AttackSettings, restarts: int, per_gradient: float) -> float:
+  """APGD's runs, each with a start evaluation, then the candidate choice."""
+  runs = len(s.losses) * (1 + s.warm_restarts)
+  candidates = runs * (2 if s.final_candidate else 1)
+  choice = candidates * restarts if candidates > 1 else 0  # one candidate: no choice
+  return runs * (s.num_steps + 1) * (per_gradient + s.decision_samples) + choice
+
+
+def _inloop_cost(s: AttackSettings, restarts: int, per_gradient: float) -> float:
+  """The in-loop attack: each iterate also scored by the defense's runs."""
+  return s.num_steps * (per_gradient + s.inloop_runs * restarts)
 
 
 def with_gradient_budget(name: str, s: AttackSettings, num_steps: int,
@@ -152,21 +151,17 @@ def dynamic_settings(name: str) -> tuple[str, ...]:
   """The settings attack `name` takes as (traced) arguments (`attack_function`), so that one
   compiled program serves any of their values. APGD's schedule depends on its number of
   steps, so its num_steps is not one of them; its step_size is passed and ignored."""
-  return ("eps", "step_size") if name == "apgd_eot" else ("eps", "step_size", "num_steps")
+  return SPECS[name].dynamic
 
 
 def attack_function(name: str, defense: Defense, s: AttackSettings):
   """The (unjitted) attack `name` as `fn(params, keys, x, y, eps=None, step_size=None,
   num_steps=None)`; the overrides (traced or not) replace the settings' values. APGD sets its
   own step sizes (step_size is ignored) and refuses num_steps."""
-  if name == "apgd_eot":
-    return _apgd_runs(defense, s)
+  spec = SPECS.get(name)
+  if spec is not None and spec.build is not None:
+    return spec.build(defense, s)
   _check(name, s, defense)
-  if name == "pgd_eot_inloop":
-    score = eot.defense_runs(defense, s.loss, s.inloop_runs)
-    return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: (
-        inloop.pgd_inloop(_estimator(name, defense, s, x), score, params, keys, x, y, s, eps,
-                          step_size, num_steps))
   return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: pgd_lib.pgd(
       _estimator(name, defense, s, x), params, keys, x, y, s, eps, step_size,
       num_steps=num_steps)
@@ -182,6 +177,17 @@ def attack_trajectory(name: str, defense: Defense, s: AttackSettings, record: tu
                       f"trajectory's k-th point; {name} is not one")
   return lambda params, keys, x, y: pgd_lib.pgd(_estimator(name, defense, s, x), params, keys,
                                                 x, y, s, record=record)
+
+
+def _inloop_attack(defense: Defense, s: AttackSettings):
+  """The in-loop attack (`inloop.pgd_inloop`): exact-gradient PGD whose iterates are scored
+  by s.inloop_runs runs of the defense."""
+  name = "pgd_eot_inloop"
+  _check(name, s, defense)
+  score = eot.defense_runs(defense, s.loss, s.inloop_runs)
+  return lambda params, keys, x, y, eps=None, step_size=None, num_steps=None: (
+      inloop.pgd_inloop(_estimator(name, defense, s, x), score, params, keys, x, y, s, eps,
+                        step_size, num_steps))
 
 
 def _apgd_runs(defense: Defense, s: AttackSettings):
@@ -241,6 +247,26 @@ def select_candidate(defense: Defense, params, keys, candidates, y):
       defense.logits(params, xc, keys, defense.restarts), -1), 0), y)
   pick = jnp.argmin(jax.lax.map(margin, candidates), axis=0)  # [B]
   return jnp.take_along_axis(candidates, pick[None, :, None, None, None], axis=0)[0]
+
+
+SPECS = {s.name: s for s in (
+    AttackSpec("pgd_clf", blind=True),
+    AttackSpec("bpda_eot"),
+    AttackSpec("bpda_eot_adp"),
+    AttackSpec("pgd_eot_full", exact_gradient=True, through_purifier=True),
+    # APGD sets its own step sizes from its total number of steps: num_steps is static
+    AttackSpec("apgd_eot", exact_gradient=True, through_purifier=True, start_gradient=True,
+               trajectory=False, dynamic=("eps", "step_size"),
+               build=lambda defense, s: _apgd_runs(defense, s), cost=_apgd_cost),
+    # exact gradient of a shorter purification (settings.surrogate_steps): not the defense's
+    AttackSpec("pgd_eot_surrogate", through_purifier=True),
+    AttackSpec("pgd_eot_inloop", exact_gradient=True, through_purifier=True, trajectory=False,
+               build=lambda defense, s: _inloop_attack(defense, s), cost=_inloop_cost),
+)}
+ATTACKS = tuple(SPECS)
+EXACT_GRADIENT_ATTACKS = tuple(n for n, s in SPECS.items() if s.exact_gradient)
+#: The attack that measures the bare classifier's robustness (the undefended baseline).
+UNDEFENDED_BASELINE = next(n for n, s in SPECS.items() if s.blind)
 
 
 def make_attack(name: str, defense: Defense, s: AttackSettings, mesh=None):

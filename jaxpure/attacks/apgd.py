@@ -64,15 +64,45 @@ def _schedule(n: int):
   return jnp.asarray(is_check), jnp.asarray(length)
 
 
+def _start(keys, x, s: common.AttackSettings, x_start, eps):
+  """APGD's starting point [B, H, W, C]: x_start if given, else a random start in the ball if
+  s.random_start, else x."""
+  if x_start is not None:
+    return x_start
+  if s.random_start:
+    return common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, eps)
+  return x
+
+
+def _evaluator(estimator, judge, params, keys, y, s: common.AttackSettings):
+  """evaluate(k, x_at) -> (loss [B], gradient): the estimator's at iteration key k, its loss
+  mixed with the judge's forward-only one (weights n_eot : decision_samples) when given."""
+  w = s.decision_samples / (s.n_eot + s.decision_samples) if judge is not None else 0.0
+
+  def evaluate(k, x_at):
+    f, g = estimator(params, common.fold(keys, k), x_at, y)
+    if judge is not None and w > 0:
+      f = (1 - w) * f + w * judge(params, common.fold(common.fold(keys, k), JUDGE_TAG), x_at, y)
+    return f, g
+  return evaluate
+
+
+def _initial_state(x0, eta0) -> dict:
+  """The scan's state before the start evaluation; eta0: the first step size (scalar)."""
+  b = x0.shape[0]
+  zeros_b = jnp.zeros((b,), x0.dtype)
+  return dict(x_prev=x0, x=x0, x_last=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0,
+              f_max=zeros_b, g_max=jnp.zeros_like(x0), eta=jnp.full((b,), eta0, x0.dtype),
+              count=zeros_b, reduced_last=jnp.ones((b,), bool), f_max_last=zeros_b)
+
+
 def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, eps=None,
          judge=None, with_final=False, with_trace=False):
   """x_adv [B, H, W, C]: the highest-loss point found, in the eps-ball and [0, 1]; with
   with_final, (that point, the final iterate: the last step's point, before a halving at the
   last step would send the iterate back to the best point).
-
   estimator(params, keys, x, y) -> (loss [B], gradient); iteration t draws with fold_in(key, t).
-  x_start: [B, H, W, C] starting point inside the ball (default: a random start if
-  s.random_start, else x). eps: an optional (traced) override of s.eps.
+  x_start: [B, H, W, C] starting point in the ball (`_start`); eps: a (traced) override of s.eps.
   judge: optional forward-only loss `(params, keys, x, y) -> [B]`, the mean over
   s.decision_samples samples; the decisions use the mean over all n_eot + decision_samples.
   with_trace: also returns a dict of per-evaluation arrays, index 0 the start and i the i-th
@@ -84,28 +114,11 @@ def apgd(estimator, params, keys, x, y, s: common.AttackSettings, x_start=None, 
   n = s.num_steps
   is_check, length = _schedule(n)
   bshape = (-1,) + (1,) * (x.ndim - 1)
-
-  if x_start is not None:
-    x0 = x_start
-  elif s.random_start:
-    x0 = common.random_start(common.fold(keys, jnp.uint32(2**32 - 1)), x, s.norm, eps)
-  else:
-    x0 = x
-  w = s.decision_samples / (s.n_eot + s.decision_samples) if judge is not None else 0.0
-
-  def evaluate(k, x_at):
-    f, g = estimator(params, common.fold(keys, k), x_at, y)
-    if judge is not None and w > 0:
-      f = (1 - w) * f + w * judge(params, common.fold(common.fold(keys, k), JUDGE_TAG), x_at, y)
-    return f, g
-
+  x0 = _start(keys, x, s, x_start, eps)
+  evaluate = _evaluator(estimator, judge, params, keys, y, s)
   # Iteration -1 of the scan is the start evaluation at x0 (so the gradient is traced and
   # compiled once, not also outside the loop); it draws with fold(keys, START_KEY).
-  b = x.shape[0]
-  zeros_b = jnp.zeros((b,), x.dtype)
-  state = dict(x_prev=x0, x=x0, x_last=x0, g=jnp.zeros_like(x0), f=zeros_b, x_max=x0,
-               f_max=zeros_b, g_max=jnp.zeros_like(x0), eta=jnp.full((b,), s.initial_step * eps, x.dtype),
-               count=zeros_b, reduced_last=jnp.ones((b,), bool), f_max_last=zeros_b)
+  state = _initial_state(x0, s.initial_step * eps)
 
   def body(st, k):
     """k = -1: the start evaluation at x0; k >= 0: one step from st["x"], its evaluation, and

@@ -21,7 +21,7 @@ with the file is an error.
 
 Interface of an importer submodule (``jaxpure.importers.<kind>``):
   ``MODEL``: the registered jaxpure model name (``jaxpure.models.create``);
-  ``KIND``: ``"score"`` or ``"classifier"`` (the checkpoint folder and identity kind);
+  ``ROLE``: ``"score"`` or ``"classifier"`` (the network's role: checkpoint folder, identity);
   ``WEIGHTS``: tuple of the weight sets a file may hold, the default first;
   ``ARCHITECTURE``: tuple of the architecture argument names it accepts;
   ``convert(checkpoint, weights, **architecture) -> Converted``, where ``checkpoint`` is the
@@ -80,8 +80,8 @@ class Converted:
 @dataclasses.dataclass(frozen=True)
 class Imported:
   """A converted file with its provenance: what the CLI writes (see :func:`load`)."""
-  kind: str            # importer kind, e.g. "ncsnv2"
-  checkpoint_kind: str  # "score" or "classifier"
+  format: str  # the importer (checkpoint format), e.g. "ncsnv2"
+  role: str    # the network's role: "score" or "classifier"
   model: str           # registered model name
   module: Any
   variables: dict      # jax arrays
@@ -93,7 +93,7 @@ class Imported:
   def metadata(self) -> dict:
     """The checkpoint metadata: the model identity plus the "source" entry."""
     from jaxpure import checkpoint, models  # pylint: disable=import-outside-toplevel
-    meta = checkpoint.model_identity(self.checkpoint_kind, self.model, models.fields(self.module),
+    meta = checkpoint.model_identity(self.role, self.model, models.fields(self.module),
                                      self.image_shape)
     meta["source"] = self.source
     return meta
@@ -129,7 +129,7 @@ class _DdpmppImporter:
   EMA state dict from ``shadow_params`` by position, ``"model"`` takes ``'model'``.
   """
   MODEL = "ddpmpp"
-  KIND = "score"
+  ROLE = "score"
   WEIGHTS = ("ema", "model")
   ARCHITECTURE = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "channels",
                   "image_size")
@@ -210,7 +210,7 @@ def load(kind: str, path: str | os.PathLike, weights: str | None = None, *,
   variables = jax.tree.map(jax.numpy.asarray, converted.variables)
   source = {"file": path, "sha256": sha256(path), "importer": kind, "weights": weights,
             "architecture": dict(converted.architecture), **converted.extra}
-  return Imported(kind=kind, checkpoint_kind=mod.KIND, model=mod.MODEL, module=converted.module,
+  return Imported(format=kind, role=mod.ROLE, model=mod.MODEL, module=converted.module,
                   variables=variables, weights=weights,
                   architecture=dict(converted.architecture),
                   image_shape=tuple(converted.image_shape), source=source)
@@ -229,7 +229,12 @@ def import_checkpoint(kind: str, path: str | os.PathLike, weights: str | None = 
 
 
 # ----------------------------------------------------------------------------- helpers
-def strip_prefix(state: Mapping[str, Any], prefix: str = "module.") -> tuple[dict, str]:
+#: The prefix nn.DataParallel puts on every key of a wrapped model's state dict.
+DATA_PARALLEL_PREFIX = "module."
+
+
+def strip_prefix(state: Mapping[str, Any],
+                 prefix: str = DATA_PARALLEL_PREFIX) -> tuple[dict, str]:
   """(state without ``prefix``, the prefix removed: ``prefix`` or ""): the prefix goes only
   when every key has it (``nn.DataParallel``'s ``module.``)."""
   keys = list(state)

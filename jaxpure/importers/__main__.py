@@ -100,12 +100,12 @@ def _architecture(args, accepted) -> dict:
   return arch
 
 
-def _prepare_target(workdir: str, checkpoint_kind: str, overwrite: bool) -> str:
-  """The model folder W/checkpoints/<kind>; checks it may be written (writes nothing)."""
+def _prepare_target(workdir: str, role: str, overwrite: bool) -> str:
+  """The model folder W/checkpoints/<role>; checks it may be written (writes nothing)."""
   from jaxpure import checkpoint  # pylint: disable=import-outside-toplevel
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserInputError(f"--workdir {workdir} exists and is not a directory")
-  target = os.path.join(workdir, "checkpoints", checkpoint_kind)
+  target = os.path.join(workdir, "checkpoints", role)
   if os.path.exists(target) and not os.path.isdir(target):
     raise UserInputError(f"{target} exists and is not a directory")
   if os.path.isdir(target) and os.listdir(target) and not overwrite:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     mod = importers.importer(args.kind)
     arch = _architecture(args, mod.ARCHITECTURE)
     workdir = os.path.abspath(args.workdir)
-    target = _prepare_target(workdir, mod.KIND, args.overwrite)
+    target = _prepare_target(workdir, mod.ROLE, args.overwrite)
     imported = importers.load(args.kind, args.checkpoint, args.weights,
                               trust_pickle=args.trust_pickle, **arch)
   except (UserInputError, FileNotFoundError) as e:

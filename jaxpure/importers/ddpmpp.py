@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpure import importers
 from jaxpure.errors import ImporterError
 from jaxpure.models.ddpmpp import DDPMpp
 
@@ -46,26 +47,22 @@ from jaxpure.models.ddpmpp import DDPMpp
 #: ``model.parameters()``, hence not in the EMA's ``shadow_params``).
 BUFFERS = ("sigmas",)
 
-_PREFIX = "module."
 _MODULES = "all_modules"
+
+
+def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """The state dict without nn.DataParallel's ``module.`` prefix (`importers.strip_prefix`)."""
+  return importers.strip_prefix(state_dict)[0]
 # Registration order of the sub-layers inside one PyTorch block (for reporting in torch order).
 _SUBLAYER_ORDER = ("GroupNorm_0", "Conv_0", "Dense_0", "GroupNorm_1", "Conv_1", "Conv_2",
                    "NIN_0", "NIN_1", "NIN_2", "NIN_3")
-
-
-def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Drops ``nn.DataParallel``'s ``module.`` prefix when every key has it (else keeps keys)."""
-  keys = list(state_dict)
-  if keys and all(k.startswith(_PREFIX) for k in keys):
-    return {k[len(_PREFIX):]: v for k, v in state_dict.items()}
-  return dict(state_dict)
 
 
 def parameter_names(state_dict: Mapping[str, Any]) -> list[str]:
   """The state dict's keys (``module.`` stripped) that are parameters, in state-dict order,
   which for NCSNpp is ``model.parameters()`` order: only the buffer ``sigmas`` is left out
   (it is registered before any layer, so it never interleaves with the parameters)."""
-  return [k for k in strip_data_parallel(state_dict) if k not in BUFFERS]
+  return [k for k in _strip_data_parallel(state_dict) if k not in BUFFERS]
 
 
 def ema_state_dict(checkpoint: Mapping[str, Any],
@@ -87,13 +84,14 @@ def ema_state_dict(checkpoint: Mapping[str, Any],
     raise ImporterError("checkpoint['ema'] has no 'shadow_params' list (keys: "
                         f"{sorted(checkpoint['ema'])})")
   model = checkpoint.get("model")
-  model = strip_data_parallel(model) if isinstance(model, Mapping) else None
+  model = _strip_data_parallel(model) if isinstance(model, Mapping) else None
   if names is None:
     if model is None:
       raise ImporterError("checkpoint has no 'model' state dict to name the EMA parameters "
                           "by; pass the parameter names")
     names = parameter_names(model)
-  names = [n[len(_PREFIX):] if n.startswith(_PREFIX) else n for n in names]
+  prefix = importers.DATA_PARALLEL_PREFIX
+  names = [n[len(prefix):] if n.startswith(prefix) else n for n in names]
   if len(names) != len(shadow):
     raise ImporterError(f"the EMA holds {len(shadow)} shadow parameters but there are "
                         f"{len(names)} parameter names; they cannot be matched by position")
@@ -207,6 +205,27 @@ def _expected_parameters(frozen: tuple) -> dict[tuple[str, ...], tuple[int, ...]
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
+def _torch_keys(expected: dict, order: list[str]) -> dict:
+  """{PyTorch key: Flax parameter path} for the Flax parameters `expected` ({path: shape}),
+  in PyTorch's layer order (`order`: the top-level Flax names by their index in NCSNpp's
+  module list)."""
+  tops = {path[0] for path in expected}
+  if tops != set(order):  # the walk and the Flax module disagree: a bug here, not input
+    raise AssertionError(f"layer order out of sync with DDPMpp: {sorted(tops ^ set(order))}")
+  index = {name: i for i, name in enumerate(order)}
+
+  def sort_key(path):
+    ranks = [_SUBLAYER_ORDER.index(p) if p in _SUBLAYER_ORDER else len(_SUBLAYER_ORDER)
+             for p in path[1:-1]]
+    return (index[path[0]], ranks, path[-1] not in ("kernel", "scale"))
+
+  torch_key = {}
+  for path in sorted(expected, key=sort_key):
+    parts = [_MODULES, str(index[path[0]]), *path[1:-1], _torch_leaf(path)]
+    torch_key[".".join(parts)] = path
+  return torch_key
+
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], **architecture) -> dict:
   """PyTorch NCSNpp (DDPM++) state dict -> Flax variables ``{'params': ...}`` of
   ``DDPMpp(**fields)``.
@@ -224,28 +243,15 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], **architecture) -> 
   """
   expected = expected_parameters(**architecture)
   order = torch_module_order(**architecture)
-  tops = {path[0] for path in expected}
-  if tops != set(order):  # the walk above and the Flax module disagree: a bug here, not input
-    raise AssertionError(f"layer order out of sync with DDPMpp: {sorted(tops ^ set(order))}")
   index = {name: i for i, name in enumerate(order)}
-
-  def sort_key(path):
-    ranks = [_SUBLAYER_ORDER.index(p) if p in _SUBLAYER_ORDER else len(_SUBLAYER_ORDER)
-             for p in path[1:-1]]
-    return (index[path[0]], ranks, path[-1] not in ("kernel", "scale"))
-
-  torch_key = {}
-  for path in sorted(expected, key=sort_key):
-    parts = [_MODULES, str(index[path[0]]), *path[1:-1], _torch_leaf(path)]
-    torch_key[".".join(parts)] = path
-
+  torch_key = _torch_keys(expected, order)
   ignorable = set(BUFFERS)
   if not architecture.get("conditional", True):
     for name in order:
       if "attn" not in name and name.startswith(("mid_block", "down_", "up_")):
         ignorable.update(f"{_MODULES}.{index[name]}.Dense_0.{leaf}" for leaf in ("weight", "bias"))
 
-  state = strip_data_parallel(state_dict)
+  state = _strip_data_parallel(state_dict)
   params: dict = {}
   for key, value in state.items():
     if key not in torch_key:
@@ -272,6 +278,60 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], **architecture) -> 
   return {"params": params}
 
 
+def _layer_shapes(state: Mapping[str, np.ndarray]) -> list[dict]:
+  """Per entry i of NCSNpp's module list, {key below 'all_modules.<i>.': shape}."""
+  entries: dict[int, dict[str, tuple]] = {}
+  for key, value in state.items():
+    if key in BUFFERS:
+      continue
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != _MODULES or not parts[1].isdigit():
+      raise ImporterError(f"key {key!r} is not of an NCSNpp state dict ('{_MODULES}.<i>....')")
+    entries.setdefault(int(parts[1]), {})[".".join(parts[2:])] = tuple(np.shape(value))
+  n = len(entries)
+  if sorted(entries) != list(range(n)) or n < 6:
+    raise ImporterError(f"the '{_MODULES}' entries are not numbered 0..{n - 1}")
+  return [entries[i] for i in range(n)]
+
+
+def _layer_type(e: dict) -> str:
+  """What an entry of the module list is, from its shapes: "attn", "block", "conv", "dense",
+  "norm" or "?"."""
+  if "NIN_0.W" in e:
+    return "attn"
+  if "Conv_0.weight" in e:
+    return "block"
+  if set(e) == {"weight", "bias"}:
+    return {4: "conv", 2: "dense", 1: "norm"}.get(len(e["weight"]), "?")
+  return "?"
+
+
+def _down_path(seq, kinds, pos: int, levels: int, num_res_blocks: int, nf: int, resampling):
+  """(ch_mult, the levels with attention) from a walk of the down path from entry `pos`: per
+  level num_res_blocks blocks (each maybe followed by attention), then a resampling block
+  except at the last level."""
+  ch_mult, attn_levels = [], set()
+  kinds = kinds + ["end"]  # a sentinel: the walk never runs off the list
+  for level in range(levels):
+    width = None
+    for _ in range(num_res_blocks):
+      if kinds[pos] != "block":
+        raise ImporterError(f"expected a residual block at '{_MODULES}.{pos}'")
+      width = seq[pos]["Conv_0.weight"][0]
+      pos += 1
+      if kinds[pos] == "attn":
+        attn_levels.add(level)
+        pos += 1
+    if width is None or width % nf:
+      raise ImporterError(f"level {level} width {width} is not a multiple of nf={nf}")
+    ch_mult.append(width // nf)
+    if level != levels - 1:
+      if kinds[pos] != "block" or not resampling(pos):
+        raise ImporterError(f"expected a downsampling block at '{_MODULES}.{pos}'")
+      pos += 1
+  return ch_mult, attn_levels
+
+
 def infer_architecture(state_dict: Mapping[str, np.ndarray], image_size: int) -> dict:
   """Reads the DDPM++ architecture off the parameter shapes: ``nf``, ``channels`` (from the
   first conv), ``conditional`` (whether the time-embedding Linear layers lead the list),
@@ -283,31 +343,8 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray], image_size: int) ->
   ``image_size``, ready for ``convert_state_dict(state_dict, **result)``.
   Raises ImporterError if the layout is not an NCSNpp/DDPM++ (BigGAN blocks) one.
   """
-  state = strip_data_parallel(state_dict)
-  shapes = {k: tuple(np.shape(v)) for k, v in state.items()}
-  entries: dict[int, dict[str, tuple]] = {}
-  for key, shape in shapes.items():
-    if key in BUFFERS:
-      continue
-    parts = key.split(".")
-    if len(parts) < 3 or parts[0] != _MODULES or not parts[1].isdigit():
-      raise ImporterError(f"key {key!r} is not of an NCSNpp state dict ('{_MODULES}.<i>....')")
-    entries.setdefault(int(parts[1]), {})[".".join(parts[2:])] = shape
-  n = len(entries)
-  if sorted(entries) != list(range(n)) or n < 6:
-    raise ImporterError(f"the '{_MODULES}' entries are not numbered 0..{n - 1}")
-  seq = [entries[i] for i in range(n)]
-
-  def kind(e):
-    if "NIN_0.W" in e:
-      return "attn"
-    if "Conv_0.weight" in e:
-      return "block"
-    if set(e) == {"weight", "bias"}:
-      return {4: "conv", 2: "dense", 1: "norm"}.get(len(e["weight"]), "?")
-    return "?"
-
-  kinds = [kind(e) for e in seq]
+  seq = _layer_shapes(_strip_data_parallel(state_dict))
+  kinds = [_layer_type(e) for e in seq]
   if "?" in kinds:
     i = kinds.index("?")
     raise ImporterError(f"'{_MODULES}.{i}' (keys {sorted(seq[i])}) is not a layer of DDPM++ "
@@ -333,28 +370,8 @@ def infer_architecture(state_dict: Mapping[str, np.ndarray], image_size: int) ->
     raise ImporterError(f"{len(blocks)} residual blocks do not fit {levels} levels of NCSNpp")
   num_res_blocks = (len(blocks) // levels - 3) // 2
 
-  # Walk the down path: per level num_res_blocks blocks (each maybe followed by attention),
-  # then a resampling block except at the last level.
-  ch_mult, attn_levels = [], set()
-  pos = start + 1
-  kinds = kinds + ["end"]  # a sentinel: the walk below never runs off the list
-  for level in range(levels):
-    width = None
-    for _ in range(num_res_blocks):
-      if kinds[pos] != "block":
-        raise ImporterError(f"expected a residual block at '{_MODULES}.{pos}'")
-      width = seq[pos]["Conv_0.weight"][0]
-      pos += 1
-      if kinds[pos] == "attn":
-        attn_levels.add(level)
-        pos += 1
-    if width is None or width % nf:
-      raise ImporterError(f"level {level} width {width} is not a multiple of nf={nf}")
-    ch_mult.append(width // nf)
-    if level != levels - 1:
-      if kinds[pos] != "block" or not resampling(pos):
-        raise ImporterError(f"expected a downsampling block at '{_MODULES}.{pos}'")
-      pos += 1
+  ch_mult, attn_levels = _down_path(seq, kinds, start + 1, levels, num_res_blocks, nf,
+                                    resampling)
   res = _image_resolutions(image_size, levels)
   if len(set(res)) != levels or res[-1] < 1:
     raise ImporterError(f"image_size {image_size} is too small for {levels} levels")

@@ -27,7 +27,7 @@ from jaxpure import importers
 from jaxpure.errors import ImporterError
 
 MODEL = "ncsnv2"
-KIND = "score"
+ROLE = "score"
 WEIGHTS = ("raw", "ema")
 ARCHITECTURE = ("ngf", "channels", "image_size")
 LAYOUT = ("the NCSNv2 training runner's list [state_dict, optimizer, epoch, step, ema_state] "

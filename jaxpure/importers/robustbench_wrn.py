@@ -31,7 +31,7 @@ from jaxpure import importers
 from jaxpure.errors import ImporterError
 
 MODEL = "wrn"
-KIND = "classifier"
+ROLE = "classifier"
 WEIGHTS = ("model",)
 ARCHITECTURE = ("depth", "widen_factor", "num_classes")
 IMAGE_SIZE = 32

@@ -3,19 +3,17 @@ trained or imported, never an optimizer. Reads only; writes nothing into the wor
 """
 
 import dataclasses
-import hashlib
 import os
 
 import jax
-import numpy as np
 
 from jaxpure import checkpoint, model_specs, parallel
 from jaxpure.errors import CheckpointDamagedError, CheckpointMismatchError, WorkdirError
 
 
-def model_dir(workdir: str, kind: str) -> str:
-  """WORKDIR/checkpoints/<kind>: the checkpoints of one model."""
-  return os.path.join(os.path.abspath(workdir), "checkpoints", kind)
+def model_dir(workdir: str, role: str) -> str:
+  """WORKDIR/checkpoints/<role>: the checkpoints of one model."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints", role)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,16 +32,13 @@ class LoadedModel:
 
 
 def fingerprint(variables) -> str:
-  """SHA-256 over the leaves' paths, dtypes, shapes and bytes (host copies; a replicated array
-  of a multi-process run is read from a local replica)."""
-  digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      leaf = leaf.addressable_data(0)  # replicated: every process holds the whole array
-    value = np.asarray(jax.device_get(leaf))
-    digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|".encode())
-    digest.update(np.ascontiguousarray(value).tobytes())
-  return digest.hexdigest()
+  """The networks' content hash (`checkpoint.tree_digest`: SHA-256 over the leaves' paths,
+  dtypes, shapes and bytes) of variables readable on this host (replicated)."""
+  digest = checkpoint.tree_digest(variables)
+  if digest is None:
+    raise ValueError("variables sharded over other processes' devices have no fingerprint "
+                     "here; replicate them first")
+  return digest
 
 
 def load_model(spec: model_specs.ModelSpec, config, workdir: str, mesh, *,
@@ -56,16 +51,16 @@ def load_model(spec: model_specs.ModelSpec, config, workdir: str, mesh, *,
   CheckpointDamagedError when its files cannot be read: that error names the damaged file and
   the newest older kept checkpoint that restores, to evaluate instead (--checkpoint_step).
   """
-  directory = model_dir(workdir, spec.kind)
+  directory = model_dir(workdir, spec.role)
   steps = checkpoint.checkpoint_steps(directory)
   if not steps:
     if not required:
       return None
     raise WorkdirError(
-        f"no {spec.kind} checkpoint in {directory}; train first: python train.py --config "
+        f"no {spec.role} checkpoint in {directory}; train first: python train.py --config "
         f"<config> --workdir {workdir} (or import one: python -m jaxpure.importers ...)")
   if step is not None and step not in steps:
-    raise WorkdirError(f"no {spec.kind} checkpoint at step {step} in {directory}; kept steps: "
+    raise WorkdirError(f"no {spec.role} checkpoint at step {step} in {directory}; kept steps: "
                        f"{', '.join(map(str, steps))}")
   sharding = parallel.replicated(mesh)
   try:
@@ -90,7 +85,7 @@ def _older_advice(spec, config, directory: str, damaged_step: int, sharding) -> 
     except (CheckpointDamagedError, CheckpointMismatchError, ValueError, KeyError, TypeError):
       continue
     return (f"the older kept checkpoint at step {step} restores: evaluate it with "
-            f"--checkpoint_step {spec.kind}={step} (train.py --models {spec.kind} continues "
+            f"--checkpoint_step {spec.role}={step} (train.py --models {spec.role} continues "
             "training from it)")
   if older:
     return (f"the older kept checkpoints (steps {', '.join(map(str, older))}) do not restore "
@@ -100,9 +95,9 @@ def _older_advice(spec, config, directory: str, damaged_step: int, sharding) -> 
 
 def load_defense_models(config, workdir: str, mesh,
                         steps: dict[str, int] | None = None) -> dict[str, LoadedModel]:
-  """{kind: LoadedModel} for every model the defense needs (score network and classifier).
+  """{role: LoadedModel} for every model the defense needs (score network and classifier).
 
-  steps: {kind: checkpoint step} to evaluate instead of the latest (e.g. an older kept
+  steps: {role: checkpoint step} to evaluate instead of the latest (e.g. an older kept
   checkpoint when the latest is damaged).
   """
   if not os.path.isdir(workdir):
@@ -112,5 +107,5 @@ def load_defense_models(config, workdir: str, mesh,
   if unknown:
     raise WorkdirError(f"checkpoint steps given for {unknown}; the models are "
                        f"{sorted(model_specs.SPECS)}")
-  return {kind: load_model(spec, config, workdir, mesh, step=steps.get(kind))
-          for kind, spec in model_specs.SPECS.items()}
+  return {role: load_model(spec, config, workdir, mesh, step=steps.get(role))
+          for role, spec in model_specs.SPECS.items()}

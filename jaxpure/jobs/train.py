@@ -10,10 +10,11 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxpure import checkpoint, data, images, metrics, model_specs, parallel, sampling, training
+from jaxpure import (checkpoint, data, images, metrics, model_specs, networks, parallel,
+                     sampling, training)
 from jaxpure.errors import ConfigError, WorkdirError
 from jaxpure.jobs import loading
-from jaxpure.model_specs import KINDS, SPECS
+from jaxpure.model_specs import ROLES, SPECS
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -89,38 +90,38 @@ def init_train_state(spec: model_specs.ModelSpec, config, module, key, mesh):
 
 
 def checkpointer(spec: model_specs.ModelSpec, config, workdir: str) -> checkpoint.Checkpointer:
-  section = config[spec.kind]
+  section = config[spec.role]
   return checkpoint.Checkpointer(
-      loading.model_dir(workdir, spec.kind), save_every=section.checkpoint_every,
+      loading.model_dir(workdir, spec.role), save_every=section.checkpoint_every,
       keep=section.keep_checkpoints, metadata=spec.identity(config))
 
 
 def train_model(spec: model_specs.ModelSpec, config, workdir: str, split, key, mesh, *,
                 should_stop: Callable[[], bool], print_fn=print):
   """Trains (or resumes) one model; returns (state, completed)."""
-  section = config[spec.kind]
+  section = config[spec.role]
   module = spec.build(config)
   ckpt = checkpointer(spec, config, workdir)
   init_key, data_key, step_key = jax.random.split(key, 3)
   state = init_train_state(spec, config, module, init_key, mesh)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore_latest(state, warn=lambda m: print_fn(f"[{spec.kind}] warning: {m}"))
-    print_fn(f"[{spec.kind}] resumed from {ckpt.directory} at step {int(state.step)}")
+    state = ckpt.restore_latest(state, warn=lambda m: print_fn(f"[{spec.role}] warning: {m}"))
+    print_fn(f"[{spec.role}] resumed from {ckpt.directory} at step {int(state.step)}")
   if int(state.step) >= section.num_steps:
-    print_fn(f"[{spec.kind}] nothing to train: the checkpoint is at step {int(state.step)}, "
-             f"config.{spec.kind}.num_steps={section.num_steps}; the summary uses step "
+    print_fn(f"[{spec.role}] nothing to train: the checkpoint is at step {int(state.step)}, "
+             f"config.{spec.role}.num_steps={section.num_steps}; the summary uses step "
              f"{int(state.step)}")
     ckpt.close()
     return state, True
   log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  log.drop_after(spec.kind, int(state.step))
+  log.drop_after(spec.role, int(state.step))
   settings = spec.optimizer_settings(config)
   step_fn = training.make_train_step(spec.loss(config, module), training.make_optimizer(settings),
                                      training.make_ema(settings), mesh)
   batches = data.TrainBatches(split, data_key, section.batch_size, mesh,
                               random_flip=config.data.random_flip and spec is model_specs.SCORE)
   result = training.train_loop(
-      model=spec.kind, state=state, train_step=step_fn, batches=batches, key=step_key,
+      model=spec.role, state=state, train_step=step_fn, batches=batches, key=step_key,
       num_steps=section.num_steps, checkpointer=ckpt, log_every=section.log_every,
       log_metrics=log,
       should_stop=should_stop, print_fn=print_fn, grad_clip=settings.grad_clip)
@@ -137,7 +138,7 @@ def write_summary(config, workdir: str, variables: dict, steps: dict, test_split
                   key) -> dict:
   """Test accuracy, denoising PSNR gain and pictures for the trained models -> summary.json.
 
-  variables: {kind: the model's variables or None}; steps: {kind: training step}.
+  variables: {role: the model's variables or None}; steps: {role: training step}.
   """
   report = config.report
   summary = {"dataset": config.data.name, "num_test_examples": len(test_split)}
@@ -147,8 +148,8 @@ def write_summary(config, workdir: str, variables: dict, steps: dict, test_split
                                       batches())
     summary["classifier"] = {"test_accuracy": acc, "step": steps["classifier"]}
   if variables.get("score") is not None:
-    module = model_specs.SCORE.build(config)
-    summarise = _SCORE_SUMMARIES[getattr(module, "time_input", "none")]
+    network = networks.for_config(config, model_specs.SCORE.build(config))
+    summarise = _SCORE_SUMMARIES[type(network)]
     summary["score"] = dict(summarise(config, workdir, variables["score"], test_split, batches,
                                       key), step=steps["score"], head=config.score.head)
   if jax.process_index() == 0:
@@ -168,7 +169,8 @@ def _ncsn_summary(config, workdir, params, test_split, batches, key) -> dict:
     x, _ = data.read_all(test_split, report.num_grid_images)
     x = jnp.asarray(x)
     noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
-    denoised = jax.jit(sampling.tweedie_denoise, static_argnums=(0, 3))(
+    network = networks.Unconditional.from_config(config)
+    denoised = jax.jit(network.denoise, static_argnums=(0, 3))(
         h, params, noisy, report.denoise_sigma)
     _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
     shape = (report.num_samples,) + model_specs.image_shape(config)
@@ -185,17 +187,18 @@ def _vp_summary(config, workdir, params, test_split, batches, key) -> dict:
   """VP eps-network: one-step denoising PSNR at the VP time whose noise is report.denoise_sigma
   in pixels, its grid, and DDPM ancestral samples from t = 1."""
   report = config.report
-  eps_fn, sde = model_specs.score_fn(config), model_specs.vp_sde(config)
-  t = vp_time_for_pixel_sigma(sde, report.denoise_sigma)
+  eps_fn, network = model_specs.score_fn(config), networks.VPTime.from_config(config)
+  sde = network.sde
+  t = network.time_for_pixel_sigma(report.denoise_sigma)
   k_psnr, k_grid, k_samples = jax.random.split(key, 3)
-  field = lambda p, x, level: vp_pixel_field(eps_fn, sde, t, p, x)  # noqa: E731
+  field = lambda p, x, level: network.pixel_field(eps_fn, t, p, x)  # noqa: E731
   result = metrics.denoising_psnr(field, params, batches(), k_psnr, report.denoise_sigma)
   result["vp_time"] = t
   if jax.process_index() == 0:
     x, _ = data.read_all(test_split, report.num_grid_images)
     x = jnp.asarray(x)
     noisy = x + report.denoise_sigma * jax.random.normal(k_grid, x.shape)
-    denoised = jax.jit(lambda p, y: sampling.tweedie_denoise(field, p, y, report.denoise_sigma))(
+    denoised = jax.jit(lambda p, y: network.denoise(eps_fn, p, y, report.denoise_sigma))(
         params, noisy)
     _save_denoising(workdir, report.denoise_sigma, x, noisy, denoised)
     from jaxpure.purifiers import common, diffpure
@@ -212,26 +215,6 @@ def _vp_summary(config, workdir, params, test_split, batches, key) -> dict:
   return result
 
 
-def vp_time_for_pixel_sigma(sde, sigma: float) -> float:
-  """The VP time t at which x_t / sqrt(abar(t)), read in pixels, is x + sigma z: std(t) /
-  mean(t) = 2 sigma (bisection)."""
-  lo, hi = 0.0, 1.0
-  for _ in range(60):
-    mid = (lo + hi) / 2
-    mean, std = (float(v) for v in sde.marginal(mid))
-    lo, hi = (mid, hi) if std / mean < 2 * sigma else (lo, mid)
-  return (lo + hi) / 2
-
-
-def vp_pixel_field(eps_fn, sde, t: float, params, x_noisy):
-  """h with x~ + sigma h(x~) = the eps-network's one-step denoising of x~ = x + sigma z
-  (pixels), seen as x_t = mean(t) (2 x~ - 1) in the VP space."""
-  mean, _ = sde.marginal(t)
-  ts = jnp.full(x_noisy.shape[:1], t, x_noisy.dtype)
-  # x0 = x_t / mean - (std / mean) eps in [-1, 1], i.e. x~ - sigma eps in pixels
-  return -eps_fn(params, mean * (2 * x_noisy - 1), ts)
-
-
 def _save_denoising(workdir, sigma, x, noisy, denoised):
   images.save_grid(os.path.join(workdir, "denoising.png"), [x, noisy, denoised],
                    row_labels=["clean", f"noised σ={sigma:g}", "denoised (one step)"],
@@ -244,44 +227,44 @@ def _save_samples(workdir, samples, title: str):
                    [samples[i:i + 8] for i in range(0, n, 8)], title=title)
 
 
-_SCORE_SUMMARIES = {"none": _ncsn_summary, "vp_time": _vp_summary}
+_SCORE_SUMMARIES = {networks.Unconditional: _ncsn_summary, networks.VPTime: _vp_summary}
 
 
-def run(config, workdir: str, kinds: Sequence[str] = KINDS, *,
+def run(config, workdir: str, roles: Sequence[str] = ROLES, *,
         should_stop: Callable[[], bool] = lambda: False, mesh=None,
         print_fn=print) -> dict | None:
-  """Trains the models `kinds` (resuming from WORKDIR/checkpoints), then writes summary.json
+  """Trains the models `roles` (resuming from WORKDIR/checkpoints), then writes summary.json
   and the PNG grids. Returns the summary, or None when interrupted by `should_stop`."""
-  bad = [k for k in kinds if k not in KINDS]
-  if bad or not kinds:
-    raise ConfigError(f"models {list(kinds)}; expected a non-empty subset of {KINDS}")
+  bad = [k for k in roles if k not in ROLES]
+  if bad or not roles:
+    raise ConfigError(f"models {list(roles)}; expected a non-empty subset of {ROLES}")
   train_split = data.open_split(config.data.name, "train", config.data.data_dir)
   test_split = data.open_split(config.data.name, "test", config.data.data_dir)
   workdir = prepare_workdir(workdir)
-  for kind in kinds:  # before any training: an untrained network's summary means nothing
-    if config[kind].num_steps == 0 and not checkpoint.checkpoint_steps(
-        loading.model_dir(workdir, kind)):
+  for role in roles:  # before any training: an untrained network's summary means nothing
+    if config[role].num_steps == 0 and not checkpoint.checkpoint_steps(
+        loading.model_dir(workdir, role)):
       raise ConfigError(
-          f"config.{kind}.num_steps=0 and there is no {kind} checkpoint in {workdir}: nothing "
+          f"config.{role}.num_steps=0 and there is no {role} checkpoint in {workdir}: nothing "
           f"to train, and the summary would describe an untrained network; set "
-          f"--config.{kind}.num_steps to 1 or more, or leave {kind} out of --models")
+          f"--config.{role}.num_steps to 1 or more, or leave {role} out of --models")
   mesh = parallel.make_mesh() if mesh is None else mesh
-  for kind in KINDS:
-    parallel.check_batch_size(config[kind].batch_size, mesh, f"config.{kind}.batch_size")
+  for role in ROLES:
+    parallel.check_batch_size(config[role].batch_size, mesh, f"config.{role}.batch_size")
   root = jax.random.key(config.seed)
   variables, steps = {}, {}
-  for i, kind in enumerate(KINDS):
-    spec = SPECS[kind]
-    if kind in kinds:
+  for i, role in enumerate(ROLES):
+    spec = SPECS[role]
+    if role in roles:
       state, completed = train_model(spec, config, workdir, train_split,
                                      jax.random.fold_in(root, i), mesh,
                                      should_stop=should_stop, print_fn=print_fn)
       if not completed:
         return None
-      variables[kind], steps[kind] = _used_variables(state), int(state.step)
+      variables[role], steps[role] = _used_variables(state), int(state.step)
     else:
       found = loading.load_model(spec, config, workdir, mesh, required=False)
-      variables[kind], steps[kind] = (found.variables, found.step) if found else (None, None)
+      variables[role], steps[role] = (found.variables, found.step) if found else (None, None)
   summary = write_summary(config, workdir, variables, steps, test_split, mesh,
                           jax.random.fold_in(root, 100))
   print_fn(f"wrote {os.path.join(workdir, 'summary.json')}: {json.dumps(summary)}")

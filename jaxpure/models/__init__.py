@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpure import networks
+
 _MODELS: dict[str, type[nn.Module]] = {}
 
 #: Score network heads: "score" (h has the image's shape) or "energy" (h = -grad_x E).
@@ -75,23 +77,16 @@ def score_function(module: nn.Module) -> ScoreFn:
   """Returns ``h(variables, x, t) -> [B, H, W, C]``, the network's field, one signature for all.
 
   ``x``: ``[B, H, W, C]`` float in the network's input space; ``t``: ``[B]`` float, the noise
-  level or time. What the field means is the module's ``time_input``:
-  - ``"none"`` (NCSNv2): the unconditional ``h_θ(x)``, x in about [0, 1]; t is ignored and the
-    score at noise level σ is ``h(x) / σ`` (docs/design.md#1-the-method).
-  - ``"vp_time"`` (DDPM++): x in [-1, 1], t in (0, 1] the VP-SDE time (the network is given
-    labels ``999 t``); the field is the network's ε-prediction, the score is ``-h / std(t)``
-    (see ``jaxpure.sde``).
+  level or time. What the field means is the module's network type (``jaxpure.networks``,
+  from its ``time_input``): ``"none"`` (NCSNv2), the unconditional ``h_θ(x)``, x in about
+  [0, 1], t ignored, score ``h(x) / σ``; ``"vp_time"`` (DDPM++), the ε-prediction at the
+  VP-SDE time t (x in [-1, 1]), score ``-h / std(t)``.
   A module with ``head == "energy"`` returns energies ``E(x, t): [B]`` and
   ``h = -∇ₓ Σ_b E(x_b, t_b)``, a conservative field (each example's gradient depends on that
   example only, since the energies do).
   """
-  time_input = getattr(module, "time_input", "none")
-  if time_input == "none":
-    call = lambda variables, x, t: module.apply(variables, x)  # noqa: E731
-  elif time_input == "vp_time":
-    call = lambda variables, x, t: module.apply(variables, x, 999.0 * t)  # noqa: E731
-  else:
-    raise ValueError(f"unknown time_input {time_input!r} on {type(module).__name__}")
+  network = networks.of(module)
+  call = lambda variables, x, t: network.apply(module, variables, x, t)  # noqa: E731
   head = getattr(module, "head", "score")
   if head == "score":
     return call

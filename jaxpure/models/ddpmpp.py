@@ -210,8 +210,8 @@ class DDPMpp(nn.Module):
   init_scale: float = 0.0
   resblock_type: str = "biggan"
 
-  @nn.compact
-  def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+  def _check_input(self, x: jax.Array) -> None:
+    """Raises ValueError for an unknown resblock_type or an x of the wrong shape."""
     if self.resblock_type not in RESBLOCK_TYPES:
       raise ValueError(f"resblock_type must be one of {RESBLOCK_TYPES}, got "
                        f"{self.resblock_type!r}")
@@ -222,6 +222,11 @@ class DDPMpp(nn.Module):
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f"H and W must be divisible by {factor} (len(ch_mult) = {levels}), "
                        f"got {tuple(x.shape[1:3])}")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
+    self._check_input(x)
+    levels = len(self.ch_mult)
     nf = self.nf
     block = lambda name, **kw: BigGANResBlock(  # noqa: E731
         dropout=self.dropout, skip_rescale=self.skip_rescale, init_scale=self.init_scale,

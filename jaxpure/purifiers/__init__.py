@@ -15,19 +15,19 @@ a surrogate process with fewer steps, `Defense.with_steps`, needs it), and
                                   clipped) for randomized smoothing (`jaxpure.smoothing`):
                                   one network evaluation at steps = 0, else `steps` of the
                                   family's own steps after it; keys [B]; result in [0, 1].
-Adding a family is adding one module in this folder (found here by name) and one config
-section `config.purifiers.<NAME>` whose keys are its Settings fields. Families defined
-elsewhere (a script, a test) call `register(module)`.
+The registry is the plain dict FAMILIES (name -> family), holding the built-in families
+(adp.py, diffpure.py: adding one is adding its module here and to the import at the end, and
+one config section `config.purifiers.<NAME>` whose keys are its Settings fields). Families
+defined elsewhere (a script, a test) call `register(module)`.
 """
 
 import dataclasses
-import importlib
-import pkgutil
 import types
 
 from jaxpure.errors import ConfigError
 
-_FAMILIES: dict[str, types.ModuleType] = {}
+#: The purifier families by name.
+FAMILIES: dict[str, types.ModuleType] = {}
 _REQUIRED = ("NAME", "TIME_INPUT", "Settings", "purify")
 
 
@@ -36,29 +36,18 @@ def register(family) -> None:
   missing = [a for a in _REQUIRED if not hasattr(family, a)]
   if missing:
     raise ValueError(f"a purifier family needs {_REQUIRED}; {family!r} lacks {missing}")
-  _FAMILIES[family.NAME] = family
-
-
-def _discover() -> None:
-  for info in pkgutil.iter_modules(__path__):
-    if info.name.startswith("_") or info.name == "common":
-      continue
-    module = importlib.import_module(f"{__name__}.{info.name}")
-    if all(hasattr(module, a) for a in _REQUIRED):
-      _FAMILIES.setdefault(module.NAME, module)
+  FAMILIES[family.NAME] = family
 
 
 def names() -> list[str]:
-  _discover()
-  return sorted(_FAMILIES)
+  return sorted(FAMILIES)
 
 
 def get(name: str):
   """The family registered as `name`; ConfigError naming the known ones otherwise."""
-  _discover()
-  if name not in _FAMILIES:
-    raise ConfigError(f"unknown purifier {name!r}; expected one of {sorted(_FAMILIES)}")
-  return _FAMILIES[name]
+  if name not in FAMILIES:
+    raise ConfigError(f"unknown purifier {name!r}; expected one of {sorted(FAMILIES)}")
+  return FAMILIES[name]
 
 
 def make_settings(name: str, values: dict):
@@ -70,3 +59,10 @@ def make_settings(name: str, values: dict):
     raise ConfigError(f"unknown key(s) {unknown} in config.purifiers.{name}; "
                       f"the {name} settings are {sorted(known)}")
   return family.Settings(**values)
+
+
+# The built-in families (imported last: they import this package's helpers).
+from jaxpure.purifiers import adp as _adp, diffpure as _diffpure  # noqa: E402
+
+for _family in (_adp, _diffpure):
+  register(_family)

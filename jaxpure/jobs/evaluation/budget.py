@@ -33,7 +33,7 @@ def trajectory_unit(unit: str, name: str, s: attacks_lib.AttackSettings, record:
                     scoring_runs: int, num_examples: int | None = None) -> units_lib.Unit:
   """Attack `name` with settings s (its n_eot; run for max(record) steps), its points after
   each step count in `record` scored by `scoring_runs` runs of the defense. Keys are the
-  attack unit's (`units.attack_unit` with unit = name). Stores correct [len(record), runs, n]
+  attack unit's (`attack.attack_unit` with unit = name). Stores correct [len(record), runs, n]
   (bool)."""
   s = dataclasses.replace(s, num_steps=max(record))
   a_key, s_key = (jax.random.fold_in(k, units_lib.tag(name)) for k in (attack_key, eval_key))
@@ -139,6 +139,26 @@ def run_search(name: str, s: attacks_lib.AttackSettings, defense: Defense, runne
     return units_lib.concat(runner.run(unit), "correct")
   record = search(name, s, max_gradients, run_points, level)
   record["examples"] = {"first": runner.first, "count": runner.n}
+  return record
+
+
+def search_budget(ev) -> dict | None:
+  """With config.eval.budget == "auto" and an exact-gradient attack among ev's attacks: the
+  budget search (`run_search`) of config.eval.budget_attack from its configured budget, on
+  the budget subset (a Runner like ev.runner over those examples); else None. ev: the
+  `context.Evaluation` (its attacks at their configured budgets)."""
+  e, runner = ev.settings, ev.runner
+  if e.budget != "auto" or not e.budget_examples or not any(
+      attacks_lib.SPECS[name].exact_gradient for name in ev.attack_names):
+    return None
+  first, count = subset(runner.first, runner.n, len(ev.test_split), e.budget_first_example,
+                        e.budget_examples)
+  sub = runner.on_examples(first, count)
+  record = run_search(e.budget_attack, ev.budget_attack, ev.defense, sub, ev.attack_key,
+                      ev.eval_key, e.attack_batch_size, e.attack_seed, e.scoring_runs,
+                      e.max_gradients_per_image, e.budget_level)
+  runner.timings.update({f"{unit} (budget subset)": t for unit, t in sub.timings.items()})
+  runner.print_fn(f"[eval] {summary(record)}")
   return record
 
 

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpure import certify as certify_lib, config_checks, purifiers, smoothing
+from jaxpure import certify as certify_lib, config_checks, purifiers, smoothing, statistics
 from jaxpure.defense import Defense
-from jaxpure.jobs.evaluation import report as report_lib, units as units_lib
+from jaxpure.jobs.evaluation import units as units_lib
 from jaxpure.purifiers.common import example_keys
 
 KEY_TAG = "certify"
@@ -121,7 +121,7 @@ def attack_unit(sm: smoothing.Smoothed, s: certify_lib.CertifySettings, radius: 
                         work=work, num_examples=num_examples)
 
 
-def plan(config, defense: Defense, eval_key, attack_key) -> Plan:
+def make_plan(config, defense: Defense, eval_key, attack_key) -> Plan:
   """The units of config.certify for the defense's networks."""
   s, smoothed = smoothed_classifiers(config, defense)
   count = s.num_examples or None
@@ -148,7 +148,7 @@ def precision() -> dict:
 
 def _accuracy_row(correct: np.ndarray) -> tuple[float, float]:
   p = float(correct.mean())
-  return p, report_lib.standard_error(p, correct.size)
+  return p, statistics.standard_error(p, correct.size)
 
 
 def section(p: Plan, certified: dict, attacked: dict) -> dict:
@@ -173,7 +173,7 @@ def section(p: Plan, certified: dict, attacked: dict) -> dict:
                     float(units_lib.concat(res, "distance").max()))
     points = []
     for r, c in zip(radii, cert_acc):
-      c_se = report_lib.standard_error(float(c), n)
+      c_se = statistics.standard_error(float(c), n)
       point = {"radius": r, "certified_accuracy": float(c), "certified_standard_error": c_se}
       if r in upper:
         correct, abstained, dist = upper[r]
@@ -207,16 +207,26 @@ def section(p: Plan, certified: dict, attacked: dict) -> dict:
           "abstain": certify_lib.ABSTAIN}
 
 
-def run(p: Plan, runner) -> dict:
-  """Runs the plan's units with `runner` (stored per batch, resumable); the report section."""
-  certified = {sigma: runner.run(u) for sigma, u in p.certify_units.items()}
-  attacked = {key: runner.run(u) for key, u in p.attack_units.items()}
-  out = section(p, certified, attacked)
-  for row in out["by_sigma"]:
-    runner.print_fn(f"[eval] certified ({out['settings']['denoiser']}, sigma {row['sigma']:g}): "
-                    + ", ".join(f"r {pt['radius']:g} {pt['certified_accuracy']:.3f}"
-                                + (f" (attack {pt['attacked_accuracy']:.3f})"
-                                   if "attacked_accuracy" in pt else "")
-                                for pt in row["points"])
-                    + f"; abstains {row['abstention_rate']:.3f}")
-  return out
+def plan(ev) -> tuple[list[units_lib.Unit], dict]:
+  """The certify and smoothed attack units of config.certify (with --certify) and the
+  certification's signature."""
+  p = ev.certification
+  return (p.units(), {"certify": p.signature}) if p else ([], {})
+
+
+def summarise(ev, stored: dict) -> tuple[dict | None, dict]:
+  """(the `certified` section or None without --certify, the report's certified section);
+  says each sigma's certified accuracies."""
+  p = ev.certification
+  certified = None if p is None else section(
+      p, {sigma: stored[u.name] for sigma, u in p.certify_units.items()},
+      {key: stored[u.name] for key, u in p.attack_units.items()})
+  for row in (certified or {}).get("by_sigma", []):
+    ev.print_fn(f"[eval] certified ({certified['settings']['denoiser']}, sigma "
+                f"{row['sigma']:g}): "
+                + ", ".join(f"r {pt['radius']:g} {pt['certified_accuracy']:.3f}"
+                            + (f" (attack {pt['attacked_accuracy']:.3f})"
+                               if "attacked_accuracy" in pt else "")
+                            for pt in row["points"])
+                + f"; abstains {row['abstention_rate']:.3f}")
+  return certified, {"certified": certified}

@@ -51,3 +51,24 @@ def section(s: attacks_lib.AttackSettings, results: list[dict]) -> dict:
                        "step_size": s.step_size, "loss": s.loss},
           "robust_accuracy": float(correct.mean()),
           "standard_error": statistics.standard_error_over_examples(correct)}
+
+
+def plan(ev) -> tuple[list[units_lib.Unit], dict]:
+  """The fixed-noise unit when config.eval.fixed_noise is on; its signature."""
+  if not (ev.settings.fixed_noise and ev.attack_names):
+    return [], {}
+  u = unit(_settings(ev), ev.defense, ev.attack_key, ev.eval_key,
+           ev.settings.attack_batch_size, ev.settings.attack_seed)
+  return [u], {"fixed_noise": u.signature}
+
+
+def summarise(ev, stored: dict) -> tuple[list[dict] | None, dict]:
+  """(the unit's per-batch results or None without it, the report's fixed_noise section)."""
+  results = stored.get(UNIT)
+  return results, {"fixed_noise": section(_settings(ev), results) if results is not None
+                   else None}
+
+
+def _settings(ev) -> attacks_lib.AttackSettings:
+  """The budget attack's settings, at the searched budget when it is among the attacks."""
+  return ev.attacks.get(ev.settings.budget_attack) or ev.budget_attack

@@ -21,17 +21,20 @@ NAMES = ("purification.png", "steps.png", "adversarial.png", "eps_sweep.png", "b
          "certified.png")
 
 
-def write_all(out_dir: str, config, defense: Defense, params, test_split, key, report,
-              step_values: dict, step_mask, attacked: dict) -> list[str]:
-  """Writes the pictures into out_dir; returns their file names. step_values: {scalar name:
-  [R, T, n]}; step_mask [R, T, n]; attacked: {attack: results with "x_adv" of the first
-  examples}. eps_sweep.png only when the report has an eps sweep."""
+def write_all(out_dir: str, settings, defense: Defense, params, test_split, key, report,
+              step_values: dict, step_mask, adversarial: dict) -> list[str]:
+  """Writes the pictures into out_dir; returns their file names. settings: the evaluation's
+  `settings.EvalSettings` (its grid_examples, grid_restarts, attack_grid_examples,
+  first_example). step_values: {scalar name:
+  [R, T, n]}; step_mask [R, T, n] (`defense.BatchStatistics`); adversarial: {attack: its
+  first attacked images [m, H, W, C] in [0, 1]}. eps_sweep.png only when the report has an
+  eps sweep."""
   written = ["purification.png", "steps.png"]
-  k = min(config.eval.grid_examples, len(test_split))
-  first = config.eval.first_example
+  k = min(settings.grid_examples, len(test_split))
+  first = settings.first_example
   x, _ = data.read_all(test_split, k, first)
   keys = example_keys(key, first + jnp.arange(x.shape[0]))
-  restarts = min(config.eval.grid_restarts, defense.restarts)
+  restarts = min(settings.grid_restarts, defense.restarts)
   purify = jax.jit(lambda p, x, keys: defense.purify(p, x, keys, defense.restarts)[1]["iterates"])
   iterates = purify(params, jnp.asarray(x), keys)  # [R, T + 1, k, ...]
   rows, labels = [x], ["clean"]
@@ -48,13 +51,13 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
       [values[:, t][step_mask[:, t]] for t in range(steps)] if name else [],
       [float(step_mask[:, t].mean()) for t in range(steps)], report["clean_accuracy"],
       scalar_name=name)
-  shown = {n: r for n, r in attacked.items() if n in report["attacks"]}
-  if attacked:
-    m = min(config.attack.grid_examples, k)
+  shown = {n: r for n, r in adversarial.items() if n in report["attacks"]}
+  if adversarial:
+    m = min(settings.attack_grid_examples, k)
     xa, _ = data.read_all(test_split, m, first)
     rows, labels = [xa], ["clean"]
     for name, r in shown.items():
-      x_adv = jnp.asarray(r["x_adv"][:m])
+      x_adv = jnp.asarray(r[:m])
       rows += [x_adv, purify(params, x_adv, keys[:m])[0, -1]]
       labels += [f"{name} adversarial", f"{name} purified"]
     settings = report["settings"]
@@ -62,7 +65,7 @@ def write_all(out_dir: str, config, defense: Defense, params, test_split, key, r
                      title=f"attacks at eps {settings['eps']:.3g} ({settings['norm']}); "
                            "purified: restart 1")
     written.append("adversarial.png")
-  if attacked and report["eps_sweep"]:
+  if adversarial and report["eps_sweep"]:
     plots.plot_eps_sweep(os.path.join(out_dir, "eps_sweep.png"), report["eps_sweep"],
                          report["robust_accuracy"], report["settings"]["eps"],
                          report["undefended_robust_accuracy"])

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpure import attacks as attacks_lib, data, faults, parallel, training
-from jaxpure.defense import Defense, ensemble
+from jaxpure import data, faults, parallel, training
+from jaxpure.defense import Defense
 from jaxpure.purifiers import remat
 from jaxpure.purifiers.common import example_keys
 
@@ -140,63 +140,6 @@ def scoring_correct(defense: Defense, params, points, which, y, index, keys):
   return jax.lax.map(correct, (which, keys))
 
 
-def clean_unit(defense: Defense, eval_key, batch_size: int) -> Unit:
-  """Clean and defended accuracy with the per-step trace (`Defense.batch_statistics`)."""
-
-  def fn(params, batch, dynamic):
-    del dynamic
-    keys = example_keys(eval_key, batch["index"])
-    return defense.batch_statistics(params, batch["image"], batch["label"], keys)
-  return Unit("clean", fn, batch_size, {}, work=float(defense.restarts))
-
-
-def attack_unit(unit: str, name: str, s: attacks_lib.AttackSettings, defense: Defense,
-                attack_key, eval_key, batch_size: int, attack_seed: int,
-                sweep_index: int | None = None, scoring_runs: int = 1) -> Unit:
-  """Attack `name` with settings s on each batch; the attacked images are scored by
-  `scoring_runs` independent runs of the full defense with fresh randomness (keys folded from
-  eval_key; run 0 uses the unfolded key), never the attack's own samples. A point of the eps
-  sweep (sweep_index given) folds the sweep's name and its index into the keys.
-
-  Two programs: the attack, then the scoring (`scoring_stage`, shared by every attack unit
-  with the same scoring runs and batch size). The attack's eps, step size and (PGD-type
-  attacks) number of steps and the keys are inputs, so units of one attack that differ only
-  in those (the attack's own unit and the points of its eps sweep, at the same batch size)
-  share one executable (`compile_key`).
-  """
-  key_name = f"sweep_{name}" if sweep_index is not None else unit
-  a_key, s_key = (jax.random.fold_in(k, tag(key_name)) for k in (attack_key, eval_key))
-  if sweep_index is not None:
-    a_key, s_key = (jax.random.fold_in(k, sweep_index) for k in (a_key, s_key))
-  impl = jax.random.key_impl(a_key)
-  names = attacks_lib.dynamic_settings(name)
-  attack = attacks_lib.attack_function(name, defense, s)
-
-  def fn(params, batch, dynamic):
-    a_k = jax.random.wrap_key_data(dynamic["attack_key"], impl=impl)
-    x, y = batch["image"], batch["label"]
-    x_adv = attack(params, example_keys(a_k, batch["index"]), x, y,
-                   **{k: dynamic[k] for k in names})
-    dist = (jnp.max(jnp.abs(x_adv - x), axis=(1, 2, 3)) if s.norm == "linf"
-            else jnp.sqrt(jnp.sum((x_adv - x) ** 2, axis=(1, 2, 3))))
-    return {"distance": dist, "x_adv": x_adv}
-
-  dynamic = {"attack_key": np.asarray(jax.random.key_data(a_key)),
-             **{k: np.asarray(getattr(s, k), np.int32 if k == "num_steps" else np.float32)
-                for k in names}}
-  static = {k: v for k, v in dataclasses.asdict(s).items() if k not in names}
-  compile_key = json.dumps({"attack": name, "static_settings": static, "batch_size": batch_size},
-                           sort_keys=True, default=str)
-  signature = {"attack": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed}
-  if scoring_runs != 1:
-    signature["scoring_runs"] = scoring_runs
-  if sweep_index is not None:  # its keys fold it in
-    signature["sweep_index"] = sweep_index
-  work = attacks_lib.purifications(name, s, defense.restarts) + scoring_runs * defense.restarts
-  return Unit(unit, fn, batch_size, signature, dynamic, compile_key, work=max(work, 0.1),
-              then=(scoring_stage(defense, s_key, scoring_runs, batch_size),))
-
-
 def scoring_stage(defense: Defense, score_key, scoring_runs: int, batch_size: int) -> Stage:
   """Scores an attack stage's points `x_adv` [B, H, W, C]: defended_correct [runs, B] by
   `scoring_correct` with `scoring_keys(score_key, runs)`, bare_correct [B] on the bare
@@ -214,54 +157,6 @@ def scoring_stage(defense: Defense, score_key, scoring_runs: int, batch_size: in
   key = json.dumps({"scoring_runs": scoring_runs, "batch_size": batch_size})
   return Stage(fn, key, {"score_key": np.asarray(jax.random.key_data(score_key))},
                takes=("x_adv",), label="the scoring")
-
-
-def halvings(budget: int, count: int = 4) -> tuple[int, ...]:
-  """Up to `count` budgets ending at `budget`, each about half the next: 40 -> (5, 10, 20, 40)."""
-  return tuple(sorted({max(1, budget >> i) for i in range(count)}))
-
-
-def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, attack_key,
-                eval_key, batch_size: int, attack_seed: int, num_examples: int,
-                scoring_runs: int = 1) -> Unit:
-  """Robust accuracy of attack `name` against its iteration budget and its EOT samples, on the
-  first `num_examples` examples: the steps curve from one run's trajectory (`halvings` of
-  num_steps, at n_eot), the EOT curve from runs with fewer samples (`halvings` of n_eot, at
-  num_steps). Attack and scoring keys are those of the attack's own unit, so the full-budget
-  point is the attack's own result on these examples.
-
-  Stores steps_correct [len(steps), runs, n] and eot_correct [len(eot), runs, n] (bool)."""
-  steps, eots = halvings(s.num_steps), halvings(s.n_eot)
-  a_key, s_key = (jax.random.fold_in(k, tag(name)) for k in (attack_key, eval_key))
-  trajectory = attacks_lib.attack_trajectory(name, defense, s, steps)
-  fewer = [attacks_lib.attack_function(name, defense, dataclasses.replace(
-      s, n_eot=e, eot_chunk=s.eot_chunk if s.eot_chunk and e % s.eot_chunk == 0 else 0))
-           for e in eots[:-1]]
-
-  def fn(params, batch, dynamic):
-    del dynamic
-    x, y, index = batch["image"], batch["label"], batch["index"]
-    keys = example_keys(a_key, index)
-    points = trajectory(params, keys, x, y)  # [len(steps), B, H, W, C]
-    points = jnp.concatenate([points] + [f(params, keys, x, y)[None] for f in fewer])
-    # every point x every scoring run through one copy of the defense: [points * runs, B]
-    runs_keys = scoring_keys(s_key, scoring_runs)
-    k = points.shape[0]
-    which = jnp.repeat(jnp.arange(k, dtype=jnp.int32), scoring_runs)  # point i, run r
-    correct = scoring_correct(defense, params, points, which, y, index, jnp.concatenate(
-        [runs_keys] * k)).reshape((k, scoring_runs) + y.shape)
-    by_steps = correct[:len(steps)]
-    return {"steps_correct": by_steps,
-            "eot_correct": jnp.concatenate([correct[len(steps):], by_steps[-1:]])}
-
-  per = lambda e: attacks_lib.purifications(name, dataclasses.replace(s, n_eot=e),  # noqa: E731
-                                            defense.restarts)
-  work = per(s.n_eot) + sum(per(e) for e in eots[:-1]) + (
-      len(steps) + len(eots) - 1) * scoring_runs * defense.restarts
-  signature = {"budget_of": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed,
-               "steps": steps, "n_eot": eots, "scoring_runs": scoring_runs}
-  return Unit(f"budget_{name}", fn, batch_size, signature, work=work,
-              num_examples=num_examples)
 
 
 class Runner:
@@ -288,6 +183,16 @@ class Runner:
     self._compiled: dict[str, object] = {}
     self._left: dict[str, tuple[int, float]] = {}  # planned unit -> (examples to compute, work)
     self._work_done, self._work_seconds = 0.0, 0.0
+
+  def on_examples(self, first: int, n: int) -> "Runner":
+    """A Runner like this one over the n examples from index `first` (the budget subset),
+    sharing its store, its record of remat choices and its settings."""
+    sub = Runner(self.params, self.test_split, n, self.mesh, self.store,
+                 dict(self.shared, num_examples=n, first_example=first),
+                 print_fn=self.print_fn, after_batch=self.after_batch,
+                 is_writer=self.is_writer, first=first, memory_budget=self.memory_budget)
+    sub.remat_choices = self.remat_choices  # one record of the evaluation's programs
+    return sub
 
   def _signature(self, unit: Unit, batch_size: int) -> dict:
     return dict(self.shared, batch_size=batch_size, **unit.signature)
@@ -402,6 +307,3 @@ def concat(results: list[dict], key: str) -> np.ndarray:
   """One stored quantity over all batches (batch axis last)."""
   return np.concatenate([r[key] for r in results], axis=-1)
 
-
-__all__ = ["Unit", "Stage", "Runner", "clean_unit", "attack_unit", "scoring_stage", "concat", "tag",
-           "ensemble", "compile_stages", "call_stages", "run_unit"]
