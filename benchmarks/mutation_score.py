@@ -64,6 +64,7 @@ STATS, EVAL_ATTACK = "jaxpure/statistics.py", "jaxpure/jobs/evaluation/attack.py
 T_PURIFY, T_DIFFPURE, T_ATTACKS = ("tests/test_purify.py", "tests/test_diffpure.py",
                                    "tests/test_attacks.py")
 T_REPORT, T_BUDGET = "tests/test_report_statistics.py", "tests/test_budget_search.py"
+CERTIFY, T_CERTIFY = "jaxpure/certify.py", "tests/test_certify.py"
 AUTOATTACK = ("tests/test_autoattack_reference.py::test_apgd_iterates_equal_autoattack_s_step_"
               "by_step_in_float64[{}]")
 AA_LINF_CE = AUTOATTACK.format("linf-ce-100-4.0-0.1-0.9-0.2")
@@ -233,6 +234,27 @@ MUTATIONS = (
     Mutation("vp dsm: residual s std - z", "jaxpure/losses.py",
              "(-1,) + (1,) * (x.ndim - 1)) + z", "(-1,) + (1,) * (x.ndim - 1)) - z",
              (T_DIFFPURE + "::test_vp_dsm_loss_matches_a_float64_numpy_reference",)),
+    # ------------------------------------------------------------------ certification
+    Mutation("clopper-pearson: two-sided level", CERTIFY,
+             "lower = stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1)",
+             "lower = stats.beta.ppf(alpha / 2, np.maximum(k, 1), n - k + 1)",
+             (T_CERTIFY + "::test_clopper_pearson_hand_values",)),
+    Mutation("certify: radius Phi^-1(p_A) without sigma", CERTIFY,
+             "radius = np.where(certified, sigma * stats.norm.ppf(",
+             "radius = np.where(certified, 1.0 * stats.norm.ppf(",
+             (T_CERTIFY + "::test_linear_classifier_is_certified_at_its_closed_form_radius",)),
+    Mutation("diffusion denoiser: the pixel sigma not doubled in network units", DIFFPURE,
+             "return s.sde.time_for_noise_ratio(2.0 * sigma)",
+             "return s.sde.time_for_noise_ratio(sigma)",
+             (T_CERTIFY + "::test_denoise_time_matches_a_hand_computation",)),
+    Mutation("votes: the last chunk's padding samples counted", "jaxpure/smoothing.py",
+             "valid = (j < n).astype(jnp.int32)", "valid = (j >= 0).astype(jnp.int32)",
+             (T_CERTIFY + "::test_votes_run_in_float64_and_do_not_depend_on_the_chunk_there",)),
+    Mutation("bracket: a certificate above the attacked accuracy passes",
+             "jaxpure/jobs/evaluation/certify.py",
+             'point["consistent"] = bool(c <= a + c_se + a_se)',
+             'point["consistent"] = bool(c <= a + c_se + a_se + 1.0)',
+             (T_CERTIFY + "::test_bracket_flags_a_certificate_above_the_attacked_accuracy",)),
     Mutation("keys: every example the same key", COMMON,
              "jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)",
              "jax.vmap(lambda i: jax.random.fold_in(key, 0))(indices)",

@@ -66,6 +66,7 @@ def test_float64_denoised_images_logits_and_votes_agree_with_pytorch(config_name
   assert agree["denoiser_change"] > 1e-2, agree  # the check exercised the score network
 
 
+@pytest.mark.slow  # both networks in float64 (about 20 s on 2 cores)
 def test_the_pytorch_denoisers_are_the_libraries_on_the_same_noise():
   """Independently of the check's own bookkeeping: jaxpure's denoised images from the library
   (`jaxpure_denoise_classify`) equal the PyTorch denoiser's on x + sigma noise, and they are

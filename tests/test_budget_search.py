@@ -150,8 +150,9 @@ def test_with_gradient_budget_gives_apgd_one_step_fewer():
   assert attacks_lib.with_gradient_budget("pgd_eot_full", s, 60, 2).num_steps == 60
   apgd = attacks_lib.with_gradient_budget("apgd_eot", s, 60, 2)
   assert (apgd.num_steps, apgd.n_eot) == (59, 2)
+  # (the final-iterate candidate adds the choice's purifications, not gradient samples)
   assert attacks_lib.purifications("apgd_eot", dataclasses.replace(
-      apgd, losses=("ce",)), 1) == attacks_lib.purifications(
+      apgd, losses=("ce",), final_candidate=False), 1) == attacks_lib.purifications(
           "pgd_eot_full", attacks_lib.with_gradient_budget("pgd_eot_full", s, 60, 2), 1)
 
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import estimate_protocol_cost as cost
 from configs import smoke
 
@@ -31,6 +33,7 @@ def test_certify_cost_is_the_hand_count():
   assert none["bracket_attack_flops"] == none["bracket_predict_flops"] == 0
 
 
+@pytest.mark.slow  # compiles the smoke config's networks in a subprocess (about 30 s)
 def test_the_script_estimates_a_certification(tmp_path):
   out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks",
                                                      "estimate_protocol_cost.py"),
