@@ -129,6 +129,7 @@ def _toy_problem(seed=0):
   return params
 
 
+@pytest.mark.reference
 @pytest.mark.slow  # 32 attacks and predictions (about 35 s on 2 shared cores)
 def test_certificate_never_exceeds_the_radius_where_the_attack_succeeds():
   """A toy 3-class MLP on 2-pixel images behind ADP's Tweedie denoiser (the exact field of
@@ -294,6 +295,7 @@ def _max_distances(section):
   return [p.get("max_distance", 0.0) for p in section["bracket"]]
 
 
+@pytest.mark.reference
 @pytest.mark.slow  # four certifications with attacks through the Runner (about 50 s)
 def test_certify_units_give_the_same_section_on_one_and_eight_devices_and_when_resumed(
     tmp_path):
