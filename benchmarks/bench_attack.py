@@ -344,21 +344,14 @@ def run_benchmark(args) -> dict:
   import numpy as np
   import torch
 
-  from benchmarks.bench_purify import load_config, select_devices, test_images, to_nhwc
+  from benchmarks.bench_purify import begin_run, test_images, to_nhwc
   from jaxpure import config_checks, model_specs, purifiers
-  from jaxpure.attacks import eot
   from jaxpure.errors import UserInputError
   from jaxpure.jobs import evaluation
   from jaxpure.purifiers import common as pc
 
   wall_start = time.perf_counter()
-  jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  torch.set_num_threads(threads)
-
-  config_path = args.config or os.path.join(
-      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
-  config = load_config(config_path)
+  jax_device, torch_device, threads, config_path, config = begin_run(args)
   family = config.defense.purifier
   score_models = {"adp": "ncsnv2", "diffpure": "ddpmpp"}
   if family not in score_models:

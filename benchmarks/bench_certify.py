@@ -321,18 +321,12 @@ def run_benchmark(args) -> dict:
   import torch
 
   from benchmarks.bench_attack import network_variables, score_description
-  from benchmarks.bench_purify import load_config, select_devices, test_images, to_torch
+  from benchmarks.bench_purify import begin_run, test_images, to_torch
   from jaxpure import certify, model_specs
   from jaxpure.purifiers import common as pc
 
   wall_start = time.perf_counter()
-  jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  torch.set_num_threads(threads)
-
-  config_path = args.config or os.path.join(
-      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
-  config = load_config(config_path)
+  jax_device, torch_device, threads, config_path, config = begin_run(args)
   smoothed, family = make_smoothed(config, args.sigma)
   batch = args.batch or (config.certify.batch_size if args.quick else 32)
   n = args.n or 1000

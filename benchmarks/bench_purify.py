@@ -119,6 +119,19 @@ def load_config(path: str):
     fail(f"cannot load --config {path}: {' '.join(str(e).split())}")
 
 
+def begin_run(args):
+  """(JAX device, torch device string, torch's threads, config path, config) of a run against
+  PyTorch: the devices of --device, PyTorch on every core this process may use, and --config (default:
+  configs/digits.py with --quick, else configs/cifar10.py)."""
+  import torch
+  jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  torch.set_num_threads(threads)
+  config_path = args.config or os.path.join(
+      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
+  return jax_device, torch_device, threads, config_path, load_config(config_path)
+
+
 def score_params(config, workdir: str | None, seed: int, device):
   """(Flax score module, its params on `device`, a description): the EMA params of WORKDIR's
   latest score checkpoint (jaxpure's loader), or jaxpure's own random initialisation."""
@@ -298,13 +311,7 @@ def run_benchmark(args) -> dict:
   from jaxpure.purifiers import common as purifier_common
 
   wall_start = time.perf_counter()
-  jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
-  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  torch.set_num_threads(threads)
-
-  config_path = args.config or os.path.join(
-      REPO_ROOT, "configs", "digits.py" if args.quick else "cifar10.py")
-  config = load_config(config_path)
+  jax_device, torch_device, threads, config_path, config = begin_run(args)
   if config.score.head != "score":
     fail(f"config.score.head={config.score.head!r}: the PyTorch reference implements the "
          "'score' head only")

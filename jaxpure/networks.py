@@ -111,13 +111,9 @@ class VPTime:
 
   def time_for_pixel_sigma(self, sigma: float) -> float:
     """The VP time t at which x_t / sqrt(abar(t)), read in pixels, is x + sigma z: std(t) /
-    mean(t) = 2 sigma (bisection)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-      mid = (lo + hi) / 2
-      mean, std = (float(v) for v in self.sde.marginal(mid))
-      lo, hi = (mid, hi) if std / mean < 2 * sigma else (lo, mid)
-    return (lo + hi) / 2
+    mean(t) = 2 sigma (the pixel range [0, 1] is half the VP space's [-1, 1]), in closed form
+    (`sde.VPSDE.time_for_noise_ratio`)."""
+    return self.sde.time_for_noise_ratio(2.0 * sigma)
 
   def pixel_field(self, eps_fn, t: float, params, x_noisy: jax.Array) -> jax.Array:
     """h with x~ + sigma h(x~) = the eps-network's one-step denoising of x~ = x + sigma z

@@ -222,30 +222,22 @@ def evaluate_defense(defense, params, x, y, *, eps: float, norm: str = "linf",
 
 def _report(defense, clean, attacked, settings, searched, scoring_runs, resubmissions,
             threat) -> dict:
-  """The report dict (evaluate.py's keys where they apply), worst case first."""
+  """The report dict (evaluate.py's keys where they apply: its attack section is
+  `attack.section`'s), worst case first."""
   n = int(next(iter(clean.values())).shape[-1])
-  robust = {a: float(r["runs"].mean()) for a, r in attacked.items()}
-  worst = attack_lib.worst_case({a: r["runs"] for a, r in attacked.items()})
-  baseline = attacks_lib.UNDEFENDED_BASELINE
+  results = {a: attack_lib.AttackResult(runs=r["runs"], defended=r["runs"].mean(0),
+                                        bare=r.get("bare"), distance=r["distance"],
+                                        x_adv=np.zeros((0,)))
+             for a, r in attacked.items()}
+  section = attack_lib.section(results, settings, scoring_runs, resubmissions)
+  first = ("robust_accuracy_worst_case", "robust_accuracy_worst_case_standard_error")
   return {
-      "robust_accuracy_worst_case": worst["accuracy"],
-      "robust_accuracy_worst_case_standard_error": worst["standard_error"],
+      **{k: section[k] for k in first},
       "num_examples": n,
       "clean_accuracy": float(clean["clean"].mean()) if "clean" in clean else None,
       "defended_clean_accuracy": float(clean["mean_softmax"].mean()),
       "defended_accuracy_by_readout": {k: float(clean[k].mean()) for k in READOUTS},
-      "robust_accuracy": robust,
-      "robust_accuracy_standard_error": {a: statistics.standard_error(v, n)
-                                         for a, v in robust.items()},
-      "worst_case": worst,
-      "scoring": {"runs": scoring_runs, "headline": "mean over runs",
-                  "by_attack": {a: attack_lib.run_scores(r["runs"], resubmissions)
-                                for a, r in attacked.items()}},
-      "undefended_robust_accuracy": (float(attacked[baseline]["bare"].mean())
-                                     if baseline in attacked else None),
-      "attacks": {a: {"settings": dataclasses.asdict(s),
-                      "max_distance": float(attacked[a]["distance"].max())}
-                  for a, s in settings.items()},
+      **{k: v for k, v in section.items() if k not in first},
       "budget_search": searched,
       "budget_status": searched["status"] if searched else "fixed",
       "settings": {"defense": {"purifier": defense.family.NAME, "restarts": defense.restarts},

@@ -55,6 +55,7 @@ def _inputs(seed=1, dtype=np.float32):
           jnp.asarray(rng.integers(0, K, size=SHAPE[0])))
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 @pytest.mark.parametrize("purify", [
     dict(method="gd", step_size=0.02),
@@ -494,6 +495,7 @@ def test_surrogate_attack_is_the_full_one_at_the_defense_steps_and_shorter_other
     A.attack_function("pgd_eot_surrogate", defense, s)
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 def test_deviation_loss_gradient_matches_float64_finite_differences():
   """The exact gradient of CE + w * deviation (iterates of x against those of x_clean, same

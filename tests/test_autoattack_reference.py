@@ -161,6 +161,7 @@ def _first_near_tie(net, y, loss_name, trace):
   return np.where(tie.any(0), np.argmax(tie, 0) + 1, n1)
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.parametrize("norm,loss,n_iter,omega,lo,hi,eps", [
     ("linf", "ce", 100, 4.0, 0.1, 0.9, 0.2), ("linf", "dlr", 60, 2.0, 0.2, 0.8, 0.2),
     ("l2", "ce", 60, 2.0, 0.2, 0.8, 1.0), ("l2", "dlr", 60, 2.0, 0.2, 0.8, 1.0)])

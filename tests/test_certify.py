@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxpure import certify, data, parallel, smoothing
+from jaxpure import certify, data, networks, parallel, smoothing
 from jaxpure.defense import Defense
 from jaxpure.jobs.evaluation import certify as certify_units, report as report_lib
 from jaxpure.jobs.evaluation import store as store_lib, units as units_lib
@@ -174,6 +174,10 @@ def test_denoise_time_matches_a_hand_computation():
     assert np.sqrt((1 - abar) / abar) == pytest.approx(2 * sigma, rel=1e-12)
   with pytest.raises(ValueError, match="t = .* > 1"):
     diffpure.denoise_time(100.0, s)
+  # The DDPM++ network type's pixel-sigma time (the training report's denoiser) is that time.
+  network = networks.VPTime(VPSDE(0.1, 20.0))
+  assert network.time_for_pixel_sigma(0.25) == pytest.approx(0.144814, abs=1e-6)
+  assert network.time_for_pixel_sigma(0.5) == pytest.approx(0.258960, abs=1e-6)
 
 
 def _gaussian_eps(mu, s0, sde):

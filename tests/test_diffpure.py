@@ -155,6 +155,7 @@ def tiny_defense(restarts=2, **settings):
                  restarts=restarts)
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 @pytest.mark.parametrize("sampler", ["sde", "ddpm", "ddim"])
 def test_exact_gradient_matches_float64_finite_differences(sampler):

@@ -55,6 +55,7 @@ def _ncsnv2_apply(ngf, channels):
     ("ncsnv2_cifar10_ngf16_legacy.pth", "ncsnv2_cifar10_ngf16_reference.npz", 16, 3, 32),
     ("ncsnv2_mnist28_ngf8.pth", "ncsnv2_mnist28_ngf8_reference.npz", 8, 1, 28),
 ])
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 def test_ncsnv2_reproduces_original(torch, name, reference, ngf, channels, size, weights):
   del torch
   ref = np.load(_data(reference))

@@ -94,15 +94,15 @@ def test_register_adds_and_rejects_duplicates():
       return x
 
   try:
-    assert models.register("_test_tiny")(Tiny) is Tiny
+    models.register("_test_tiny", Tiny)
     assert "_test_tiny" in models.names()
     assert isinstance(models.create("_test_tiny"), Tiny)
     with pytest.raises(ValueError, match="already registered"):
-      models.register("_test_tiny")(type("Other", (nn.Module,), {}))
+      models.register("_test_tiny", type("Other", (nn.Module,), {}))
     with pytest.raises(ValueError, match="Module class"):
-      models.register("_test_not_a_module")(object)
+      models.register("_test_not_a_module", object)
   finally:
-    models._MODELS.pop("_test_tiny", None)
+    models.MODELS.pop("_test_tiny", None)
   assert "_test_tiny" not in models.names()
 
 

@@ -64,6 +64,7 @@ def test_original_checkpoint_reproduces_the_original_outputs(weights):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 def test_from_flax_matches_the_flax_module():
   """jaxpure's parameters moved into the PyTorch layout: the same outputs, to float32 rounding
@@ -133,6 +134,7 @@ def test_chain_matches_jaxpure_float64(sampler):
     assert np.max(np.abs(off - want[0])) > 1e-3
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 def test_exact_eot_gradient_matches_jaxpure_float64():
   """The PyTorch EOT gradient through DiffPure (autograd, with and without per-step

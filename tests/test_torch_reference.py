@@ -34,6 +34,7 @@ def _nchw(x):
   return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), order="C"))
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 @pytest.mark.parametrize("shape,ngf,pool", [
     ((8, 8, 1), 4, "max"), pytest.param((16, 16, 3), 4, "avg", marks=pytest.mark.slow)])
@@ -147,6 +148,7 @@ def test_bench_energy_head_is_refused(tmp_path):
   assert "'score' head only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # reference tier, which CI runs whole; 10 s or more in all in the default run
 @pytest.mark.reference
 @pytest.mark.parametrize("name,fields,shape", [
     ("small_cnn", dict(width=4), (8, 8, 1)),

@@ -5,8 +5,6 @@ trained or imported, never an optimizer. Reads only; writes nothing into the wor
 import dataclasses
 import os
 
-import jax
-
 from jaxpure import checkpoint, model_specs, parallel
 from jaxpure.errors import CheckpointDamagedError, CheckpointMismatchError, WorkdirError
 

@@ -1,7 +1,10 @@
 """Model registry: Linen modules registered by name.
 
-Score networks (``head`` field ``"score"`` or ``"energy"``) and classifiers live in submodules
-and register themselves with :func:`register`; build one with :func:`create`. Everything that
+Score networks (``head`` field ``"score"`` or ``"energy"``) and classifiers live in submodules;
+the registry is the plain dict :data:`MODELS` (name -> Module class), holding the built-in ones
+(adding one is adding its class to the dict at the end of this file), like the purifier
+families' ``jaxpure.purifiers.FAMILIES``. Modules defined elsewhere (a script, a test) call
+:func:`register`. Build one with :func:`create`. Everything that
 consumes a score network goes through :func:`score_function`, so the two heads look the same
 downstream.
 """
@@ -17,7 +20,8 @@ import jax.numpy as jnp
 
 from jaxpure import networks
 
-_MODELS: dict[str, type[nn.Module]] = {}
+#: The models by name (filled at the end of this file).
+MODELS: dict[str, type[nn.Module]] = {}
 
 #: Score network heads: "score" (h has the image's shape) or "energy" (h = -grad_x E).
 HEADS = ("score", "energy")
@@ -27,30 +31,25 @@ HEADS = ("score", "energy")
 ScoreFn = Callable[[dict, jax.Array, jax.Array], jax.Array]
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-  """Class decorator adding a Linen ``Module`` class to the registry under ``name``."""
-
-  def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-      raise ValueError(f"register({name!r}) expects a flax.linen Module class, got {cls!r}")
-    if name in _MODELS and _MODELS[name] is not cls:
-      raise ValueError(f"model name {name!r} is already registered to {_MODELS[name]!r}")
-    _MODELS[name] = cls
-    return cls
-
-  return decorator
+def register(name: str, cls: type[nn.Module]) -> None:
+  """Adds a Linen ``Module`` class to :data:`MODELS` under ``name``."""
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise ValueError(f"register({name!r}, ...) expects a flax.linen Module class, got {cls!r}")
+  if name in MODELS and MODELS[name] is not cls:
+    raise ValueError(f"model name {name!r} is already registered to {MODELS[name]!r}")
+  MODELS[name] = cls
 
 
 def names() -> list[str]:
   """Registered model names, sorted."""
-  return sorted(_MODELS)
+  return sorted(MODELS)
 
 
 def create(name: str, **kwargs) -> nn.Module:
   """Instantiates the model registered as ``name`` with the given module fields."""
-  if name not in _MODELS:
+  if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; expected one of {names()}")
-  return _MODELS[name](**kwargs)
+  return MODELS[name](**kwargs)
 
 
 def fields(module: nn.Module) -> dict[str, Any]:
@@ -61,16 +60,16 @@ def fields(module: nn.Module) -> dict[str, Any]:
 
 def get_class(name: str) -> type[nn.Module]:
   """The Module class registered as ``name``."""
-  if name not in _MODELS:
+  if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; expected one of {names()}")
-  return _MODELS[name]
+  return MODELS[name]
 
 
 def field_names(name: str) -> set[str]:
   """The dataclass field names of the model registered as ``name``."""
-  if name not in _MODELS:
+  if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; expected one of {names()}")
-  return {f.name for f in dataclasses.fields(_MODELS[name]) if f.name not in ("parent", "name")}
+  return {f.name for f in dataclasses.fields(MODELS[name]) if f.name not in ("parent", "name")}
 
 
 def score_function(module: nn.Module) -> ScoreFn:
@@ -100,9 +99,15 @@ def score_function(module: nn.Module) -> ScoreFn:
       f"on {type(module).__name__}")
 
 
-# Imported last so that the submodules can import `register` from this package.
-from jaxpure.models import classifiers as classifiers  # noqa: E402
-from jaxpure.models import ncsnv2 as ncsnv2  # noqa: E402
-from jaxpure.models import ddpmpp as ddpmpp  # noqa: E402
+from jaxpure.models import classifiers  # noqa: E402
+from jaxpure.models import ddpmpp  # noqa: E402
+from jaxpure.models import ncsnv2  # noqa: E402
 
-__all__ = ["register", "create", "names", "get_class", "fields", "field_names", "score_function"]
+MODELS.update({
+    "small_cnn": classifiers.SmallCNN,
+    "wrn": classifiers.WideResNet,
+    "ncsnv2": ncsnv2.NCSNv2,
+    "ddpmpp": ddpmpp.DDPMpp,
+})
+
+__all__ = ["MODELS", "register", "create", "names", "get_class", "fields", "field_names", "score_function"]

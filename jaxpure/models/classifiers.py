@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpure.models import register
 from jaxpure.models.conv import Conv
 
 _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -29,7 +28,6 @@ def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax
   return (x - mean) / std
 
 
-@register("small_cnn")
 class SmallCNN(nn.Module):
   """Small CNN, no batch statistics: (conv3x3 → ReLU → conv3x3 → ReLU → 2x2 max pool) with
   ``width`` then ``2*width`` channels, then dense 128 → ReLU → dense ``num_classes``.
@@ -94,7 +92,6 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
                  use_bias=False, kernel_init=_he_fan_out, name=name)
 
 
-@register("wrn")
 class WideResNet(nn.Module):
   """WideResNet-``depth``-``width`` with pre-activation blocks (Zagoruyko & Komodakis 2016),
   computing what RobustBench's ``WideResNet(depth, widen_factor=width, num_classes)`` computes

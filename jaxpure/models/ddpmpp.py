@@ -23,7 +23,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpure.models import register
 from jaxpure.models.conv import Conv
 
 RESBLOCK_TYPES = ("biggan",)
@@ -151,7 +150,6 @@ class AttnBlock(nn.Module):
     return out * _SQRT_HALF if self.skip_rescale else out
 
 
-@register("ddpmpp")
 class DDPMpp(nn.Module):
   """DDPM++ noise-prediction U-Net ``ε_θ(x, label)`` (score_sde's NCSN++ in DiffPure's
   CIFAR-10 configuration).

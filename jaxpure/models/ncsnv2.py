@@ -17,12 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxpure.models import layers
-from jaxpure.models import register
 
 HEADS = ("score", "energy")
 
 
-@register("ncsnv2")
 class NCSNv2(nn.Module):
   """Unconditional NCSNv2 RefineNet ``h_θ``; the score at noise level σ is ``h_θ(x) / σ``
   (the caller divides by σ).

@@ -21,7 +21,7 @@ from jaxpure.purifiers.common import example_keys
 class AttackResult:
   """One attack unit's results over the evaluated examples (n): runs [N, n] bool (scoring run
   k right at the attacked point), defended [n] (the mean over runs), bare [n] bool (the bare
-  classifier right there), distance [n] (of the point from the clean image, in the attack's
+  classifier right there; None for a defense without one), distance [n] (of the point from the clean image, in the attack's
   norm) and x_adv [m, H, W, C] in [0, 1], the first m attacked images (for the pictures)."""
   runs: np.ndarray
   defended: np.ndarray
@@ -108,26 +108,40 @@ def summarise(ev, stored: dict) -> tuple[dict[str, AttackResult], dict]:
   """({attack: AttackResult}, the report's attack section) from the stored batches."""
   attacked = {name: AttackResult.from_batches(stored[name], ev.settings.attack_grid_examples)
               for name in ev.attacks}
-  names, count = ev.attack_names, ev.runner.n
+  seconds = {name: ev.runner.timings[name]["seconds"] for name in ev.attacks}
+  return attacked, section(attacked, ev.attacks, ev.settings.scoring_runs,
+                           ev.settings.resubmissions, seconds, names=ev.attack_names)
+
+
+def section(attacked: dict[str, AttackResult], settings: dict, scoring_runs: int,
+            resubmissions: int = 0, seconds: dict | None = None, names=None) -> dict:
+  """The report's attack section (evaluate.py's report.json and `jaxpure.evaluate_defense`):
+  per attack of `names` (default: all of `attacked`) its robust accuracy (mean over scoring runs) and its scores over the
+  runs (`run_scores`), the worst case over them, the bare classifier's accuracy under the
+  undefended baseline when it ran, and per attack of `settings` ({attack: AttackSettings}) its
+  settings, largest distance and (with `seconds`) its run time."""
+  names = list(attacked if names is None else names)
+  count = next(iter(attacked.values())).defended.shape[0] if attacked else 0
   robust = {name: float(attacked[name].defended.mean()) for name in names}
   worst = worst_case({name: attacked[name].runs for name in names})
   baseline = attacked.get(attacks_lib.UNDEFENDED_BASELINE)
-  return attacked, {
+  return {
       "robust_accuracy": robust,
       "robust_accuracy_standard_error": {k: statistics.standard_error(v, count)
                                          for k, v in robust.items()},
       "robust_accuracy_worst_case": worst["accuracy"],
       "robust_accuracy_worst_case_standard_error": worst["standard_error"],
       "worst_case": worst,
-      "scoring": {"runs": ev.settings.scoring_runs, "headline": "mean over runs",
-                  "by_attack": {name: run_scores(attacked[name].runs,
-                                                 ev.settings.resubmissions)
+      "scoring": {"runs": scoring_runs, "headline": "mean over runs",
+                  "by_attack": {name: run_scores(attacked[name].runs, resubmissions)
                                 for name in names}},
-      "undefended_robust_accuracy": float(baseline.bare.mean()) if baseline is not None else None,
+      "undefended_robust_accuracy": (float(baseline.bare.mean())
+                                     if baseline is not None and baseline.bare is not None
+                                     else None),
       "attacks": {name: {"settings": dataclasses.asdict(s),
                          "max_distance": float(attacked[name].distance.max()),
-                         "seconds": ev.runner.timings[name]["seconds"]}
-                  for name, s in ev.attacks.items()}}
+                         **({"seconds": seconds[name]} if seconds is not None else {})}
+                  for name, s in settings.items()}}
 
 
 def run_scores(runs: np.ndarray, resubmissions: int = 0) -> dict:
@@ -163,7 +177,6 @@ def worst_case(runs_by_attack: dict) -> dict:
   stacked = np.stack(list(runs_by_attack.values()))  # [A, N, n]
   union = stacked.all(0)  # [N, n]
   per_example = union.mean(0)
-  n = per_example.shape[0]
   broken = stacked.mean(1) < 0.5  # [A, n]: the attack's point is wrong in most runs
   names = list(runs_by_attack)
   return {"accuracy": float(per_example.mean()),

@@ -8,6 +8,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpure import attacks as attacks_lib, statistics
 from jaxpure.attacks import eot, pgd as pgd_lib
@@ -18,6 +19,20 @@ from jaxpure.purifiers.common import example_keys, restart_keys
 UNIT = "fixed_noise"
 THREAT_MODEL = ("the defense's random draws fixed and known to the attacker (one deterministic "
                 "function; not the headline)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedNoiseResult:
+  """The fixed-noise unit's results over the evaluated examples (n): defended [n] bool (the
+  defense, with the draws the attacker knew, right at the attacked point) and bare [n] bool (the
+  bare classifier right there)."""
+  defended: np.ndarray
+  bare: np.ndarray
+
+  @classmethod
+  def from_batches(cls, results: list[dict]) -> "FixedNoiseResult":
+    return cls(defended=units_lib.concat(results, "defended_correct")[0],
+               bare=units_lib.concat(results, "bare_correct"))
 
 
 def unit(s: attacks_lib.AttackSettings, defense: Defense, attack_key, eval_key, batch_size: int,
@@ -43,9 +58,9 @@ def unit(s: attacks_lib.AttackSettings, defense: Defense, attack_key, eval_key, 
   return units_lib.Unit(UNIT, fn, batch_size, signature, work=work)
 
 
-def section(s: attacks_lib.AttackSettings, results: list[dict]) -> dict:
-  """The report's fixed_noise section from the unit's per-batch results."""
-  correct = units_lib.concat(results, "defended_correct")[0].astype(float)
+def section(s: attacks_lib.AttackSettings, result: FixedNoiseResult) -> dict:
+  """The report's fixed_noise section from the unit's result."""
+  correct = result.defended.astype(float)
   return {"threat_model": THREAT_MODEL, "attack": "pgd (exact gradient through the fixed draws)",
           "settings": {"norm": s.norm, "eps": s.eps, "num_steps": s.num_steps,
                        "step_size": s.step_size, "loss": s.loss},
@@ -62,11 +77,11 @@ def plan(ev) -> tuple[list[units_lib.Unit], dict]:
   return [u], {"fixed_noise": u.signature}
 
 
-def summarise(ev, stored: dict) -> tuple[list[dict] | None, dict]:
-  """(the unit's per-batch results or None without it, the report's fixed_noise section)."""
+def summarise(ev, stored: dict) -> tuple[FixedNoiseResult | None, dict]:
+  """(the unit's result or None without it, the report's fixed_noise section)."""
   results = stored.get(UNIT)
-  return results, {"fixed_noise": section(_settings(ev), results) if results is not None
-                   else None}
+  result = None if results is None else FixedNoiseResult.from_batches(results)
+  return result, {"fixed_noise": None if result is None else section(_settings(ev), result)}
 
 
 def _settings(ev) -> attacks_lib.AttackSettings:
