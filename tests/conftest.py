@@ -3,7 +3,11 @@
 Both must be set before JAX / TFDS are imported, which is why they live here.
 """
 
+import fcntl
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -17,12 +21,60 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)  # `configs` is a top-level folder, not part of the package
 
 import jax  # noqa: E402  (after the environment above)
+import pytest  # noqa: E402
 
 # Tests build the same small networks many times; a persistent cache compiles each once.
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("JAXPURE_TEST_CACHE") or tempfile.mkdtemp(prefix="jaxpure_xla_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def subprocess_env() -> dict:
+  """The environment of a CLI run by a test: this process's, with its compilation cache."""
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  return env
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """(workdir, the finished `subprocess.CompletedProcess`) of one `python train.py --config
+  configs/smoke.py --workdir WORKDIR` run (both models, 4 steps each, checkpoints at steps 2
+  and 4), made once per test session and shared by its worker processes (under a file lock in
+  their common temporary folder). Read-only: a test that changes a workdir copies it
+  (`copy_smoke_run`)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's folder, above each worker's own
+  workdir, record = root / "smoke_run", root / "smoke_run.json"
+  with open(root / "smoke_run.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not record.exists():
+        shutil.rmtree(workdir, ignore_errors=True)  # a run cut short by an earlier failure
+        proc = subprocess.run(
+            [sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir",
+             str(workdir)], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+            timeout=900)
+        if proc.returncode == 0:
+          record.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout,
+                                        "stderr": proc.stderr}))
+        else:
+          pytest.fail(f"the shared smoke run failed (exit {proc.returncode}): "
+                      f"{proc.stderr[-3000:]}")
+      saved = json.loads(record.read_text())
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return workdir, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"],
+                                              saved["stderr"])
+
+
+def copy_smoke_run(smoke_run, dest):
+  """A copy of the shared smoke run's workdir at dest (without an evaluation in it)."""
+  shutil.copytree(smoke_run[0], dest, ignore=shutil.ignore_patterns("eval"))
+  return dest
 
 
 def pytest_collection_modifyitems(config, items):

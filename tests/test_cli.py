@@ -9,21 +9,15 @@ import time
 
 import jax
 import pytest
+from conftest import copy_smoke_run, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMOKE = "configs/smoke.py"  # the digits config at test size
 
 
-def _env():
-  env = dict(os.environ)
-  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-  return env
-
-
 def run_train(*args, timeout=600):
-  return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=_env(),
+  return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=subprocess_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -37,11 +31,9 @@ def assert_one_line_error(proc, *fragments):
 
 
 @pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  proc = run_train("--config", SMOKE, "--workdir", str(workdir))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+def trained_workdir(smoke_run, tmp_path_factory):
+  """(a copy of the session's smoke run workdir, its train.py process)."""
+  return copy_smoke_run(smoke_run, tmp_path_factory.mktemp("run") / "w"), smoke_run[1]
 
 
 def test_tiny_run_writes_every_output(trained_workdir):
@@ -70,6 +62,7 @@ def test_rerun_of_finished_run_resumes_without_training(trained_workdir):
   assert "resumed from" in proc.stdout and "step 2/4" not in proc.stdout
 
 
+@pytest.mark.slow  # the library's refusal is tested fast in test_training.py; this one runs the CLI
 def test_checkpoint_of_another_model_is_one_line_error(trained_workdir):
   workdir, _ = trained_workdir
   proc = run_train("--config", SMOKE, "--workdir", str(workdir), "--config.score.ngf=8")
@@ -79,7 +72,7 @@ def test_checkpoint_of_another_model_is_one_line_error(trained_workdir):
 def test_sigterm_saves_and_exits_zero(tmp_path):
   args = [sys.executable, "train.py", "--config", SMOKE, "--workdir",
           str(tmp_path), "--config.score.num_steps=100000", "--models=score"]
-  proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+  proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   metrics = tmp_path / "metrics.jsonl"
@@ -125,7 +118,7 @@ def test_unprepared_cifar10_says_how_to_prepare(tmp_path):
   env_dir = tmp_path / "empty_tfds"
   env_dir.mkdir()
   proc = subprocess.run([sys.executable, "train.py", "--config", "configs/cifar10.py"],
-                        cwd=REPO, env=dict(_env(), TFDS_DATA_DIR=str(env_dir)),
+                        cwd=REPO, env=dict(subprocess_env(), TFDS_DATA_DIR=str(env_dir)),
                         capture_output=True, text=True, timeout=300)
   assert_one_line_error(proc, "cifar10", "prepare it with", "python -m jaxpure.datasets.prepare")
 
@@ -150,11 +143,11 @@ def test_help_exits_zero_and_is_current(script):
   from jaxpure import attacks, purifiers
   from jaxpure.jobs.evaluation import pictures
   for flag in ("--help", "--helpfull"):
-    proc = subprocess.run([sys.executable, script, flag], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, script, flag], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", (flag, proc.returncode, proc.stderr)
     assert "--[no]show_config" in proc.stdout and "--config" in proc.stdout, proc.stdout
-  short = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=_env(),
+  short = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=subprocess_env(),
                          capture_output=True, text=True, timeout=120).stdout
   assert "--helpfull to get a list of all flags" in short  # the short help lists show_config
   if script == "evaluate.py":
@@ -171,7 +164,7 @@ EVAL_TINY = ["--num_examples=20", "--config.eval.batch_size=16"]
 
 
 def run_evaluate(*args, timeout=600):
-  return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=_env(),
+  return subprocess.run([sys.executable, "evaluate.py", *args], cwd=REPO, env=subprocess_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -421,7 +414,7 @@ def test_sigterm_during_evaluation_says_how_to_resume(trained_workdir, tmp_path)
   workdir, _ = trained_workdir
   proc = subprocess.Popen([sys.executable, "evaluate.py", "--config", SMOKE, "--workdir",
                            str(workdir), "--output", str(tmp_path / "eval"), "--attacks",
-                           "pgd_eot_full"], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                           "pgd_eot_full"], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not (tmp_path / "eval" / "batches").exists():

@@ -1,8 +1,8 @@
 """Reliability (issue 14): damaged checkpoints, broken config files, a read-only workdir,
 honest progress lines, labelled pictures, and evaluation results that are never stale or lost.
 
-One smoke run is trained in-process for the whole module; tests that damage or retrain work on
-copies of it. The CLIs run as subprocesses only where their one-line error and exit 2 are what
+One smoke run, train.py's (conftest's `smoke_run`, shared with the CLI tests), serves the
+whole module; tests that damage or retrain work on copies of it. The CLIs run as subprocesses only where their one-line error and exit 2 are what
 is tested.
 """
 
@@ -27,21 +27,15 @@ from jaxpure.errors import (CheckpointDamagedError, ConfigError, NonFiniteLossEr
                             WorkdirError)
 from jaxpure.jobs import evaluation, loading, train as train_job
 from jaxpure.jobs.evaluation import pictures
+from conftest import copy_smoke_run, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "configs/smoke.py"
 N_EVAL = 20  # evaluation examples: 3 batches of 8
 
 
-def _env():
-  env = dict(os.environ)
-  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-  return env
-
-
 def _run(script, *args, timeout=600):
-  return subprocess.run([sys.executable, script, *args], cwd=REPO, env=_env(),
+  return subprocess.run([sys.executable, script, *args], cwd=REPO, env=subprocess_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -78,15 +72,11 @@ class _Recorder:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """(workdir, printed lines, save_grid calls) of one smoke run: both models, 4 steps each,
-  checkpoints at steps 2 and 4."""
-  workdir = tmp_path_factory.mktemp("trained")
-  lines = []
-  with _Recorder() as pictures_made:
-    summary = train_job.run(smoke.get_config(), str(workdir), print_fn=lines.append)
-  assert summary is not None
-  return workdir, lines, pictures_made.calls
+def trained(smoke_run, tmp_path_factory):
+  """(workdir, printed lines) of one smoke run: both models, 4 steps each, checkpoints at
+  steps 2 and 4 (a copy of the session's)."""
+  workdir = copy_smoke_run(smoke_run, tmp_path_factory.mktemp("trained") / "w")
+  return workdir, smoke_run[1].stdout.splitlines()
 
 
 def _copy(workdir, dest):
@@ -475,8 +465,11 @@ def test_grid_labels_and_title_are_drawn(tmp_path):
     images.save_grid(str(tmp_path / "h.png"), [white] * 3, row_labels=labels[:2])
 
 
-def test_training_pictures_are_labelled(trained):
-  workdir, _, calls = trained
+def test_training_pictures_are_labelled(trained, tmp_path):
+  workdir = _copy(trained[0], tmp_path / "w")
+  with _Recorder() as pictures_made:  # a finished run run again: no step, the summary anew
+    assert train_job.run(smoke.get_config(), str(workdir), print_fn=lambda s: None)
+  calls = pictures_made.calls
   assert calls["denoising.png"]["row_labels"] == ["clean", "noised σ=0.25",
                                                   "denoised (one step)"]
   assert "samples" in calls["samples.png"]["title"]

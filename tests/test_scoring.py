@@ -104,6 +104,7 @@ def test_each_scoring_run_is_the_defense_with_its_own_keys():
   assert len({np.asarray(c).tobytes() for c in out["defended_correct"]}) > 1
 
 
+@pytest.mark.slow  # 18 s; test_budget_search.py checks the search's rows against the attacks fast
 def test_each_budget_curve_row_is_the_attack_at_that_budget():
   """Each row of the budget unit's curves is the attack unit's result at that budget (same
   keys), run by run: the full-budget point (last step count, all EOT samples) is the attack's

@@ -90,6 +90,7 @@ def test_from_flax_matches_the_flax_module():
   np.testing.assert_allclose(got64, want64, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow  # 10 s or more, building and initialising the networks
 def test_conversion_is_strict():
   module, params = _small()
   bad = dict(jax.device_get(params))
