@@ -121,8 +121,8 @@ def load_config(path: str):
 
 def begin_run(args):
   """(JAX device, torch device string, torch's threads, config path, config) of a run against
-  PyTorch: the devices of --device, PyTorch on every core this process may use, and --config (default:
-  configs/digits.py with --quick, else configs/cifar10.py)."""
+  PyTorch: the devices of --device, PyTorch on every core this process may use, and --config
+  (default: configs/digits.py with --quick, else configs/cifar10.py)."""
   import torch
   jax_device, torch_device = select_devices("cpu" if args.device == "cpu" else "gpu")
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -342,9 +342,10 @@ def imported_package(root: str, cache_dir: str) -> str:
 
 
 def run_tests(root: str, tests, cache_dir: str, timeout: float, stop_first: bool = True):
-  """(pytest's exit status or None past the timeout, its output) for node ids run in root."""
+  """(pytest's exit status or None past the timeout, its output) for node ids run in root,
+  slow ones included (`-m ""` overrides the default selection's `-m "not slow"`)."""
   cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rA",
-         "--no-header", *(["-x"] if stop_first else []), *tests]
+         "--no-header", "-m", "", *(["-x"] if stop_first else []), *tests]
   try:
     out = subprocess.run(cmd, cwd=root, env=_environment(cache_dir), capture_output=True,
                          text=True, timeout=timeout)

@@ -39,34 +39,36 @@ def subprocess_env() -> dict:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
+def smoke_run(request, tmp_path_factory):
   """(workdir, the finished `subprocess.CompletedProcess`) of one `python train.py --config
   configs/smoke.py --workdir WORKDIR` run (both models, 4 steps each, checkpoints at steps 2
   and 4), made once per test session and shared by its worker processes (under a file lock in
-  their common temporary folder). Read-only: a test that changes a workdir copies it
-  (`copy_smoke_run`)."""
+  their common temporary folder; a failed run is recorded too, so each worker fails at once
+  with its output). Read-only: a test that changes a workdir copies it (`copy_smoke_run`)."""
   root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
+  if hasattr(request.config, "workerinput"):  # an xdist worker: its basetemp is popen-gwN
     root = root.parent  # the session's folder, above each worker's own
   workdir, record = root / "smoke_run", root / "smoke_run.json"
   with open(root / "smoke_run.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       if not record.exists():
-        shutil.rmtree(workdir, ignore_errors=True)  # a run cut short by an earlier failure
-        proc = subprocess.run(
-            [sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir",
-             str(workdir)], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
-            timeout=900)
-        if proc.returncode == 0:
-          record.write_text(json.dumps({"args": proc.args, "stdout": proc.stdout,
-                                        "stderr": proc.stderr}))
-        else:
-          pytest.fail(f"the shared smoke run failed (exit {proc.returncode}): "
-                      f"{proc.stderr[-3000:]}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        cmd = [sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir",
+               str(workdir)]
+        try:
+          proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                                text=True, timeout=900)
+          saved = {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+        except subprocess.TimeoutExpired:
+          saved = {"returncode": None, "stdout": "", "stderr": "timed out after 900 s"}
+        record.write_text(json.dumps(dict(saved, args=cmd)))
       saved = json.loads(record.read_text())
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
+  if saved["returncode"] != 0:
+    pytest.fail(f"the shared smoke run failed (exit {saved['returncode']}): "
+                f"{saved['stderr'][-3000:]}")
   return workdir, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"],
                                               saved["stderr"])
 

@@ -117,7 +117,6 @@ def _gradient_temp_bytes(max_iter, remat):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.slow  # compiles six gradients (20 s); benchmarks/bench_attack_memory.py measures the same
 def test_remat_keeps_gradient_memory_nearly_flat_in_steps():
   with_remat = {t: _gradient_temp_bytes(t, True) for t in (5, 10, 20)}
   without = {t: _gradient_temp_bytes(t, False) for t in (5, 10, 20)}

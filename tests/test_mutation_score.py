@@ -25,6 +25,18 @@ def test_every_mutation_applies_to_the_current_sources():
     assert bug in names, bug
 
 
+def test_listed_tests_run_even_when_the_default_selection_leaves_them_out(tmp_path):
+  """A listed test marked slow (left out by setup.cfg's `-m "not slow"`) still runs."""
+  (tmp_path / "tests").mkdir()
+  (tmp_path / "setup.cfg").write_text('[tool:pytest]\naddopts = -m "not slow"\n'
+                                      "markers =\n    slow: long\n")
+  (tmp_path / "tests" / "test_a.py").write_text(
+      "import pytest\n\n\n@pytest.mark.slow\ndef test_b():\n  assert False\n")
+  returncode, output = ms.run_tests(str(tmp_path), ["tests/test_a.py::test_b"],
+                                    str(tmp_path / "cache"), timeout=120)
+  assert returncode == 1 and "FAILED tests/test_a.py::test_b" in output, output
+
+
 def test_a_repeated_or_missing_original_is_a_problem(tmp_path):
   (tmp_path / "tests").mkdir()
   (tmp_path / "tests" / "test_a.py").write_text("def test_b():\n  pass\n")

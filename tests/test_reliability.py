@@ -2,8 +2,8 @@
 honest progress lines, labelled pictures, and evaluation results that are never stale or lost.
 
 One smoke run, train.py's (conftest's `smoke_run`, shared with the CLI tests), serves the
-whole module; tests that damage or retrain work on copies of it. The CLIs run as subprocesses only where their one-line error and exit 2 are what
-is tested.
+whole module; tests that damage or retrain work on copies of it. The CLIs run as subprocesses
+only where their one-line error and exit 2 are what is tested.
 """
 
 import glob
@@ -467,6 +467,8 @@ def test_grid_labels_and_title_are_drawn(tmp_path):
 
 def test_training_pictures_are_labelled(trained, tmp_path):
   workdir = _copy(trained[0], tmp_path / "w")
+  for name in ("denoising.png", "samples.png"):
+    (workdir / name).unlink()
   with _Recorder() as pictures_made:  # a finished run run again: no step, the summary anew
     assert train_job.run(smoke.get_config(), str(workdir), print_fn=lambda s: None)
   calls = pictures_made.calls

@@ -90,7 +90,8 @@ def test_from_flax_matches_the_flax_module():
   np.testing.assert_allclose(got64, want64, rtol=0, atol=1e-10)
 
 
-@pytest.mark.slow  # 10 s or more, building and initialising the networks
+@pytest.mark.reference  # the PyTorch reference converter refuses what it cannot map
+@pytest.mark.slow  # 10 s or more, building the networks; CI runs the reference tier whole
 def test_conversion_is_strict():
   module, params = _small()
   bad = dict(jax.device_get(params))
@@ -100,7 +101,7 @@ def test_conversion_is_strict():
 
 
 @pytest.mark.reference
-@pytest.mark.slow  # ~30 s each, mostly compiling; the gradient test below covers "sde" by default
+@pytest.mark.slow  # ~30 s each, mostly compiling; the gradient test below covers "sde" too
 @pytest.mark.parametrize("sampler", diffpure.SAMPLERS)
 def test_chain_matches_jaxpure_float64(sampler):
   """Given the normal draws jaxpure makes from its keys (`bench_attack.diffpure_noise`), the

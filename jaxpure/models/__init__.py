@@ -110,4 +110,5 @@ MODELS.update({
     "ddpmpp": ddpmpp.DDPMpp,
 })
 
-__all__ = ["MODELS", "register", "create", "names", "get_class", "fields", "field_names", "score_function"]
+__all__ = ["MODELS", "register", "create", "names", "get_class", "fields", "field_names",
+           "score_function"]

@@ -21,11 +21,12 @@ from jaxpure.purifiers.common import example_keys
 class AttackResult:
   """One attack unit's results over the evaluated examples (n): runs [N, n] bool (scoring run
   k right at the attacked point), defended [n] (the mean over runs), bare [n] bool (the bare
-  classifier right there; None for a defense without one), distance [n] (of the point from the clean image, in the attack's
-  norm) and x_adv [m, H, W, C] in [0, 1], the first m attacked images (for the pictures)."""
+  classifier right there; None for a defense without one), distance [n] (of the point from
+  the clean image, in the attack's norm) and x_adv [m, H, W, C] in [0, 1], the first m
+  attacked images (for the pictures)."""
   runs: np.ndarray
   defended: np.ndarray
-  bare: np.ndarray
+  bare: np.ndarray | None
   distance: np.ndarray
   x_adv: np.ndarray
 
@@ -116,10 +117,11 @@ def summarise(ev, stored: dict) -> tuple[dict[str, AttackResult], dict]:
 def section(attacked: dict[str, AttackResult], settings: dict, scoring_runs: int,
             resubmissions: int = 0, seconds: dict | None = None, names=None) -> dict:
   """The report's attack section (evaluate.py's report.json and `jaxpure.evaluate_defense`):
-  per attack of `names` (default: all of `attacked`) its robust accuracy (mean over scoring runs) and its scores over the
-  runs (`run_scores`), the worst case over them, the bare classifier's accuracy under the
-  undefended baseline when it ran, and per attack of `settings` ({attack: AttackSettings}) its
-  settings, largest distance and (with `seconds`) its run time."""
+  per attack of `names` (default: all of `attacked`) its robust accuracy (mean over scoring
+  runs) and its scores over the runs (`run_scores`), the worst case over them, the bare
+  classifier's accuracy under the undefended baseline when it ran, and per attack of
+  `settings` ({attack: AttackSettings}) its settings, largest distance and (with `seconds`)
+  its run time."""
   names = list(attacked if names is None else names)
   count = next(iter(attacked.values())).defended.shape[0] if attacked else 0
   robust = {name: float(attacked[name].defended.mean()) for name in names}
