@@ -44,7 +44,7 @@ def smoke_run(request, tmp_path_factory):
   configs/smoke.py --workdir WORKDIR` run (both models, 4 steps each, checkpoints at steps 2
   and 4), made once per test session and shared by its worker processes (under a file lock in
   their common temporary folder; a failed run is recorded too, so each worker fails at once
-  with its output). Read-only: a test that changes a workdir copies it (`copy_smoke_run`)."""
+  with its output). Read-only: a test that changes a workdir copies it (`copy_workdir`)."""
   root = tmp_path_factory.getbasetemp()
   if hasattr(request.config, "workerinput"):  # an xdist worker: its basetemp is popen-gwN
     root = root.parent  # the session's folder, above each worker's own
@@ -73,9 +73,9 @@ def smoke_run(request, tmp_path_factory):
                                               saved["stderr"])
 
 
-def copy_smoke_run(smoke_run, dest):
-  """A copy of the shared smoke run's workdir at dest (without an evaluation in it)."""
-  shutil.copytree(smoke_run[0], dest, ignore=shutil.ignore_patterns("eval"))
+def copy_workdir(workdir, dest):
+  """A copy of workdir (e.g. the shared smoke run's) at dest, without an evaluation in it."""
+  shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns("eval"))
   return dest
 
 

@@ -9,7 +9,7 @@ import time
 
 import jax
 import pytest
-from conftest import copy_smoke_run, subprocess_env
+from conftest import copy_workdir, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def assert_one_line_error(proc, *fragments):
 @pytest.fixture(scope="module")
 def trained_workdir(smoke_run, tmp_path_factory):
   """(a copy of the session's smoke run workdir, its train.py process)."""
-  return copy_smoke_run(smoke_run, tmp_path_factory.mktemp("run") / "w"), smoke_run[1]
+  return copy_workdir(smoke_run[0], tmp_path_factory.mktemp("run") / "w"), smoke_run[1]
 
 
 def test_tiny_run_writes_every_output(trained_workdir):

@@ -27,7 +27,7 @@ from jaxpure.errors import (CheckpointDamagedError, ConfigError, NonFiniteLossEr
                             WorkdirError)
 from jaxpure.jobs import evaluation, loading, train as train_job
 from jaxpure.jobs.evaluation import pictures
-from conftest import copy_smoke_run, subprocess_env
+from conftest import copy_workdir, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "configs/smoke.py"
@@ -75,13 +75,8 @@ class _Recorder:
 def trained(smoke_run, tmp_path_factory):
   """(workdir, printed lines) of one smoke run: both models, 4 steps each, checkpoints at
   steps 2 and 4 (a copy of the session's)."""
-  workdir = copy_smoke_run(smoke_run, tmp_path_factory.mktemp("trained") / "w")
+  workdir = copy_workdir(smoke_run[0], tmp_path_factory.mktemp("trained") / "w")
   return workdir, smoke_run[1].stdout.splitlines()
-
-
-def _copy(workdir, dest):
-  shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns("eval"))
-  return dest
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints
@@ -127,7 +122,7 @@ def test_training_continues_from_the_older_checkpoint_when_the_latest_is_damaged
   # One end-to-end case (a few seconds of compiling and restoring); the other kinds of damage
   # are told apart by the same code, tested below for evaluation and the train CLI.
   how = "overwritten_data"
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   named = _damage(workdir / "checkpoints" / "score" / "4", how)
   config, mesh = smoke.get_config(), parallel.make_mesh()
   lines = []
@@ -157,7 +152,7 @@ def test_training_continues_from_the_older_checkpoint_when_the_latest_is_damaged
                                  "garbled_metadata", "missing_state"])
 def test_evaluation_names_the_damaged_file_and_the_older_checkpoint_to_use(
     trained, tmp_path, how):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   step_dir = workdir / "checkpoints" / "score" / "4"
   named = _damage(step_dir, how)
   mesh = parallel.make_mesh()
@@ -187,7 +182,7 @@ def _alter_checksum(workdir, kind, part):
 # does (training restores all of them, and calls each mismatch damage).
 @pytest.mark.parametrize("part", ["ema_params", "step", "opt_state", "params"])
 def test_arrays_that_differ_from_their_saved_checksum_are_damage(trained, tmp_path, part):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   _alter_checksum(workdir, "classifier", part)
   with pytest.raises(CheckpointDamagedError, match="checksum") as e:
     loading.load_model(model_specs.CLASSIFIER, _eval_config(), str(workdir),
@@ -204,7 +199,7 @@ def test_arrays_that_differ_from_their_saved_checksum_are_damage(trained, tmp_pa
 
 
 def test_evaluate_cli_on_an_altered_step_checksum_is_one_line_exit_2(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   _alter_checksum(workdir, "score", "step")
   line = _one_line_error(_run("evaluate.py", "--config", SMOKE, "--workdir", str(workdir),
                               "--num_examples=8", "--output", str(tmp_path / "out")))
@@ -215,7 +210,7 @@ def test_evaluate_cli_on_an_altered_step_checksum_is_one_line_exit_2(trained, tm
 
 def test_train_cli_without_a_restorable_checkpoint_is_one_line_exit_2(trained, tmp_path):
   """Training tells a garbled metadata JSON and a missing state folder for damage too."""
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   named = _damage(workdir / "checkpoints" / "score" / "4", "garbled_metadata")
   _damage(workdir / "checkpoints" / "score" / "2", "missing_state")
   line = _one_line_error(_run("train.py", "--config", SMOKE, "--workdir", str(workdir),
@@ -227,7 +222,7 @@ def test_train_cli_without_a_restorable_checkpoint_is_one_line_exit_2(trained, t
 
 
 def test_evaluate_cli_on_a_damaged_checkpoint_is_one_line_exit_2(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   named = _damage(workdir / "checkpoints" / "score" / "4", "truncated_manifest")
   line = _one_line_error(_run("evaluate.py", "--config", SMOKE, "--workdir", str(workdir),
                               "--num_examples=8"))
@@ -238,7 +233,7 @@ def test_evaluate_cli_on_a_damaged_checkpoint_is_one_line_exit_2(trained, tmp_pa
 
 
 def test_evaluate_cli_checkpoint_step_evaluates_the_older_checkpoint(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   _damage(workdir / "checkpoints" / "score" / "4", "garbled_metadata")
   proc = _run("evaluate.py", "--config", SMOKE, "--workdir", str(workdir), "--num_examples=8",
               "--checkpoint_step=score=2", "--output", str(tmp_path / "out"))
@@ -300,7 +295,7 @@ def _snapshot(root) -> dict:
 def first_eval(trained, tmp_path_factory):
   """The first evaluation of the trained run, made on a read-only workdir with --output:
   (workdir, output dir, report, printed lines, snapshots of the workdir before and after)."""
-  workdir = _copy(trained[0], tmp_path_factory.mktemp("ro") / "w")
+  workdir = copy_workdir(trained[0], tmp_path_factory.mktemp("ro") / "w")
   out = tmp_path_factory.mktemp("eval_out")
   before = _snapshot(workdir)
   modes = {}
@@ -340,7 +335,7 @@ def test_evaluate_on_an_empty_workdir_creates_nothing_in_it(tmp_path):
 
 
 def test_evaluate_without_output_on_an_unwritable_workdir_says_pass_output(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   # A file where the default output folder goes stops root too (read-only permissions do not).
   (workdir / "eval").write_text("not a folder")
   with pytest.raises(WorkdirError, match=r"cannot write the evaluation to '.*/w/eval'.*; pass "
@@ -466,7 +461,7 @@ def test_grid_labels_and_title_are_drawn(tmp_path):
 
 
 def test_training_pictures_are_labelled(trained, tmp_path):
-  workdir = _copy(trained[0], tmp_path / "w")
+  workdir = copy_workdir(trained[0], tmp_path / "w")
   for name in ("denoising.png", "samples.png"):
     (workdir / name).unlink()
   with _Recorder() as pictures_made:  # a finished run run again: no step, the summary anew
@@ -553,7 +548,7 @@ def _files(root) -> dict:
 
 def test_a_retrained_classifier_is_evaluated_not_the_stored_results(first_eval, tmp_path):
   workdir0, out0, first, _, _, _ = first_eval
-  workdir, out = _copy(workdir0, tmp_path / "w"), tmp_path / "out"
+  workdir, out = copy_workdir(workdir0, tmp_path / "w"), tmp_path / "out"
   shutil.copytree(out0, out)
   # Retrain the classifier into the same workdir, to the same step, with another lr.
   shutil.rmtree(workdir / "checkpoints" / "classifier")
