@@ -6,9 +6,20 @@ reported examples, and the paired test of the worst case over attacks between th
       --report runs/digits/eval/report.json --num_examples 64 --output runs/budget_check
 
 --report: the evaluation whose chosen budget (its budget_search, or its attacks' settings) is
-checked; both evaluations run with config.eval.budget = "fixed" on its attacks. Prints both
-worst cases and the one-sided paired sign test (jaxpure.statistics.paired_budget_test) of
-"twice the budget breaks more examples"; writes the two reports under --output.
+checked; both evaluations run with config.eval.budget = "fixed" on its attacks, without budget
+curves (they are not part of the test). Prints both worst cases and the one-sided paired sign
+test (jaxpure.statistics.paired_budget_test) of "twice the budget breaks more examples";
+writes the two reports under --output.
+
+Both evaluations keep their batches under OUTPUT/chosen/batches and OUTPUT/doubled/batches
+and reuse any stored batch of the same networks, examples and settings. When the checked
+evaluation itself ran on exactly --num_examples examples, copying its batches folder into
+OUTPUT/chosen/ (and OUTPUT/doubled/, for the attacks that are not doubled) first makes those
+units read, not recomputed:
+
+  mkdir -p runs/budget_check/chosen runs/budget_check/doubled
+  cp -r runs/digits/eval/batches runs/budget_check/chosen/
+  cp -r runs/digits/eval/batches runs/budget_check/doubled/
 """
 
 import argparse
@@ -36,6 +47,7 @@ def run(config, workdir: str, attacks: list[str], num_examples: int, steps: int,
   from jaxpure.jobs import evaluation
   config = config.copy_and_resolve_references()
   config.eval.budget = "fixed"
+  config.eval.budget_examples = 0  # no budget curves: not part of the test
   for name in attacks:
     if attacks_lib.SPECS[name].exact_gradient:
       s = attacks_lib.with_gradient_budget(name, evaluation.attack_settings(config, name), steps,

@@ -321,6 +321,12 @@ def test_budget_doubling_check_reruns_the_chosen_budget_and_twice_it(trained_wor
   assert result["worst_case_chosen"] == pytest.approx(report["robust_accuracy_worst_case"])
   doubled = json.loads((out / "doubled" / "report.json").read_text())
   assert doubled["attacks"]["pgd_eot_full"]["settings"]["num_steps"] == 2 * steps
+  # Budget curves are not part of the check: none even where the config asks for them.
+  curves_config = _tiny_config()
+  curves_config.eval.budget_examples = 8
+  checked = budget_doubling.run(curves_config, str(workdir), ["pgd_eot_full"], 8, 1, 1,
+                                str(tmp_path / "no_curves"), lambda s: None)
+  assert not checked.get("budget_curves")
   test = statistics.paired_budget_test(report["worst_case"]["per_example"],
                                        doubled["worst_case"]["per_example"])
   assert (result["broken_more"], result["broken_fewer"]) == (test["broken_more"],
