@@ -17,9 +17,14 @@ evaluation itself ran on exactly --num_examples examples, copying its batches fo
 OUTPUT/chosen/ (and OUTPUT/doubled/, for the attacks that are not doubled) first makes those
 units read, not recomputed:
 
-  mkdir -p runs/budget_check/chosen runs/budget_check/doubled
-  cp -r runs/digits/eval/batches runs/budget_check/chosen/
-  cp -r runs/digits/eval/batches runs/budget_check/doubled/
+  python evaluate.py --config configs/digits_diffpure.py --workdir runs/digits_diffpure \
+      --attacks pgd_clf,bpda_eot,pgd_eot_full,apgd_eot,pgd_eot_inloop --num_examples 64
+  mkdir -p runs/check/chosen runs/check/doubled
+  cp -r runs/digits_diffpure/eval/batches runs/check/chosen/
+  cp -r runs/digits_diffpure/eval/batches runs/check/doubled/
+  python benchmarks/budget_doubling.py --config configs/digits_diffpure.py \
+      --workdir runs/digits_diffpure --report runs/digits_diffpure/eval/report.json \
+      --num_examples 64 --output runs/check
 """
 
 import argparse

@@ -34,15 +34,15 @@ def get_config():
   # Where the automatic budget search starts (config.eval.budget = "auto", from
   # configs/digits.py; up to 480 gradient samples per image): 40 steps x EOT 2 at step 0.02,
   # the budgets of the earlier equal-budget comparison with ADP (benchmarks/RESULTS.md). On
-  # digits 64-127 the search found neither 80 steps nor EOT 4 breaking more examples
-  # (README, "The digits numbers of record"). With config.eval.budget = "fixed" these are
-  # the budgets.
+  # digits 64-127 neither 80 steps nor EOT 4 broke significantly more examples (README, "The
+  # digits numbers of record"). With config.eval.budget = "fixed" these are the budgets of
+  # PGD, APGD and the surrogate; the in-loop attack keeps configs/digits.py's (60 x 2, step
+  # 0.04), and under "auto" it takes the chosen steps and EOT at its own step 0.04.
   config.attack.pgd_eot_full.update(num_steps=40, step_size=0.02, n_eot=2)
   config.attack.pgd_eot_surrogate.update(num_steps=40, step_size=0.02, n_eot=2)
   # APGD at that gradient budget (39 steps + start, EOT 2), without decision samples: with a
-  # DDPM++ purification 8 forward-only samples per iteration would more than double APGD's
-  # cost (320 extra purifications per image) and put the four-attack evaluation past an
-  # hour on 2 CPU cores. The final iterate is offered to the candidate choice (the default:
+  # DDPM++ purification ADP's 4 forward-only samples per iteration would add 160
+  # purifications per image, more than PGD's whole budget (80 gradient samples). The final iterate is offered to the candidate choice (the default:
   # 2R purifications per image; it brings APGD to PGD's strength here, benchmarks/RESULTS.md).
   config.attack.apgd_eot.update(num_steps=39, decision_samples=0, final_candidate=True)
   return config
