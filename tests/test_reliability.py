@@ -232,6 +232,7 @@ def test_evaluate_cli_on_a_damaged_checkpoint_is_one_line_exit_2(trained, tmp_pa
   assert "--checkpoint_step" in bad, bad
 
 
+@pytest.mark.slow  # 34 s: a whole CLI evaluation; the flag's refusals stay in the default suite
 def test_evaluate_cli_checkpoint_step_evaluates_the_older_checkpoint(trained, tmp_path):
   workdir = copy_workdir(trained[0], tmp_path / "w")
   _damage(workdir / "checkpoints" / "score" / "4", "garbled_metadata")

@@ -176,6 +176,7 @@ def test_an_unconverged_budget_curve_makes_the_report_suspect():
   assert report.suspect_reasons(dict(base, budget_curves=converged), "pgd_eot_full") == []
 
 
+@pytest.mark.slow  # 28 s for both (2026-12-07): kept for CI's slow tier to hold the default suite under 10 min
 @pytest.mark.parametrize("name", ["pgd_eot_full", "apgd_eot"])
 def test_an_attack_and_its_eps_sweep_share_programs_that_equal_each_compiled_alone(name):
   """The attack's own unit and a point of its eps sweep (other eps, step size and, for PGD,
