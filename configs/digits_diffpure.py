@@ -42,7 +42,8 @@ def get_config():
   config.attack.pgd_eot_surrogate.update(num_steps=40, step_size=0.02, n_eot=2)
   # APGD at that gradient budget (39 steps + start, EOT 2), without decision samples: with a
   # DDPM++ purification ADP's 4 forward-only samples per iteration would add 160
-  # purifications per image, more than PGD's whole budget (80 gradient samples). The final iterate is offered to the candidate choice (the default:
-  # 2R purifications per image; it brings APGD to PGD's strength here, benchmarks/RESULTS.md).
+  # purifications per image, more than PGD's whole budget (80 gradient samples). The final
+  # iterate is offered to the candidate choice (the default: 2R purifications per image; it
+  # brings APGD to PGD's strength here, benchmarks/RESULTS.md).
   config.attack.apgd_eot.update(num_steps=39, decision_samples=0, final_candidate=True)
   return config

@@ -192,7 +192,7 @@ def test_candidate_choice_has_the_lowest_defense_margin():
   assert len({int(np.argmin(per_candidate[:, i])) for i in range(SHAPE[0])}) > 1  # not trivial
 
 
-@pytest.mark.slow  # 28 s for both; APGD's steps are checked against AutoAttack's in the reference tier
+@pytest.mark.slow  # 28 s for both; APGD's steps are checked against AutoAttack's (reference)
 @pytest.mark.parametrize("losses,warm_restarts", [(("ce", "dlr"), 0), (("ce",), 1)])
 def test_apgd_eot_is_no_weaker_than_a_single_run(losses, warm_restarts):
   params, defense = tiny_params(), tiny_defense(restarts=3)
