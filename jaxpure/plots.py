@@ -120,8 +120,8 @@ def eps_sweep_figure(sweep: dict, robust: dict, eps: float, undefended: float,
 
 def plot_budget_curves(path: str, budget: dict) -> str:
   """Two panels: robust accuracy of report["budget_curves"]["attack"] against its number of
-  steps and against its EOT samples (log2 x axes, one standard error as bars), each titled
-  with its convergence verdict."""
+  steps and against its EOT samples (log2 x axes, one standard error as bars, the evaluated
+  budget starred), each titled with the verdict of its last doubling."""
   plt = _pyplot()
   from matplotlib import ticker
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
@@ -131,6 +131,9 @@ def plot_budget_curves(path: str, budget: dict) -> str:
     x = [r[key] for r in rows]
     ax.errorbar(x, [r["accuracy"] for r in rows], yerr=[r["standard_error"] for r in rows],
                 fmt="-o", capsize=3, color="tab:blue")
+    evaluated = [r for r in rows if r[key] == budget["settings"][key]]
+    ax.plot([r[key] for r in evaluated], [r["accuracy"] for r in evaluated], "*",
+            color="tab:red", markersize=12, label="evaluated budget", zorder=3)
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(ticker.FixedLocator(x))
     ax.xaxis.set_major_formatter(ticker.FixedFormatter([str(v) for v in x]))
@@ -143,6 +146,7 @@ def plot_budget_curves(path: str, budget: dict) -> str:
         "num_steps", budget["settings"]["num_steps"])
     ax.set_title(f"{verdict} over the last doubling (at {other[0]} = {other[1]})",
                  fontsize=10)
+  axes[0].legend(loc="upper right", fontsize=8, frameon=False)
   axes[0].set_ylabel("robust accuracy (+- 1 s.e.)")
   axes[0].set_ylim(-0.04, 1.04)
   fig.suptitle(f"{budget['attack']}: robust accuracy vs attack budget "

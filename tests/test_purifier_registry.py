@@ -80,14 +80,14 @@ def test_a_registered_toy_purifier_evaluates_end_to_end(workdir, tmp_path):
   assert report["defended_clean_accuracy"] == report["noise_only_accuracy"]
   assert set(report["robust_accuracy"]) == {"pgd_eot_full"}
   assert 0 <= report["robust_accuracy"]["pgd_eot_full"] <= 1
-  # Budget curves of pgd_eot_full (2 steps x EOT 2 in the smoke config) on all 20 examples:
-  # the full-budget point is the attack's own result (same keys), reached from one trajectory.
+  # Budget curves of pgd_eot_full (2 steps x EOT 2 in the smoke config) on all 20 examples,
+  # to twice the evaluated budget: the evaluated point is the attack's own result (same keys).
   budget = report["budget_curves"]
   assert budget["attack"] == "pgd_eot_full" and budget["num_examples"] == 20
-  assert [r["num_steps"] for r in budget["by_num_steps"]] == [1, 2]
-  assert [r["n_eot"] for r in budget["by_n_eot"]] == [1, 2]
+  assert [r["num_steps"] for r in budget["by_num_steps"]] == [1, 2, 4]
+  assert [r["n_eot"] for r in budget["by_n_eot"]] == [1, 2, 4]
   for curve in ("by_num_steps", "by_n_eot"):
-    assert budget[curve][-1]["accuracy"] == pytest.approx(report["robust_accuracy"][
+    assert budget[curve][1]["accuracy"] == pytest.approx(report["robust_accuracy"][
         "pgd_eot_full"])
   assert budget["converged"] == (not budget["not_converged_reasons"])
   written = json.loads((tmp_path / "eval" / "report.json").read_text())

@@ -107,8 +107,9 @@ def test_each_scoring_run_is_the_defense_with_its_own_keys():
 @pytest.mark.slow  # 18 s; test_budget_search.py checks the search's rows against the attacks fast
 def test_each_budget_curve_row_is_the_attack_at_that_budget():
   """Each row of the budget unit's curves is the attack unit's result at that budget (same
-  keys), run by run: the full-budget point (last step count, all EOT samples) is the attack's
-  own result, the shorter ones are the attack with fewer steps or EOT samples."""
+  keys), run by run: the evaluated budget's point (4 steps, EOT 2; second to last on both
+  curves) is the attack's own result, the others are the attack with fewer or twice the steps
+  or EOT samples."""
   defense, params, batch = _unit_inputs(b=64)
   attack_key, eval_key = jax.random.key(3), jax.random.key(4)
   s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=4, n_eot=2)
@@ -119,19 +120,38 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
                                      64, scoring_runs=runs)
   whole = units.run_unit(attack, params, batch)["defended_correct"]
   curves = jax.jit(budget.fn)(params, batch, budget.dynamic)
-  assert curves["steps_correct"].shape == (3, runs, 64)  # steps 1, 2, 4
-  assert curves["eot_correct"].shape == (2, runs, 64)  # EOT 1, 2
-  np.testing.assert_array_equal(np.asarray(curves["steps_correct"][-1]), np.asarray(whole))
-  np.testing.assert_array_equal(np.asarray(curves["eot_correct"][-1]), np.asarray(whole))
+  assert curves["steps_correct"].shape == (4, runs, 64)  # steps 1, 2, 4, 8
+  assert curves["eot_correct"].shape == (3, runs, 64)  # EOT 1, 2, 4
+  np.testing.assert_array_equal(np.asarray(curves["steps_correct"][2]), np.asarray(whole))
+  np.testing.assert_array_equal(np.asarray(curves["eot_correct"][1]), np.asarray(whole))
   # every other row is the attack unit at that budget (same keys), run by run
   for row, budget in ((curves["steps_correct"][0], dict(num_steps=1)),
                       (curves["steps_correct"][1], dict(num_steps=2)),
-                      (curves["eot_correct"][0], dict(n_eot=1))):
-    shorter = attack_units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
+                      (curves["steps_correct"][3], dict(num_steps=8)),
+                      (curves["eot_correct"][0], dict(n_eot=1)),
+                      (curves["eot_correct"][2], dict(n_eot=4))):
+    other = attack_units.attack_unit("pgd_eot_full", "pgd_eot_full", dataclasses.replace(
         s, **budget), defense, attack_key, eval_key, 64, 0, scoring_runs=runs)
     np.testing.assert_array_equal(np.asarray(row), np.asarray(units.run_unit(
-        shorter, params, batch)["defended_correct"]))
+        other, params, batch)["defended_correct"]))
   assert not np.array_equal(np.asarray(curves["steps_correct"][0]), np.asarray(whole))
+
+
+def test_budget_curves_run_from_halvings_of_the_evaluated_budget_to_twice_it():
+  """The curves' last doubling is the one past the evaluated budget (what the search's stop
+  rule tests), so a budget the search chose after a helpful doubling into it is not flagged
+  for that doubling: steps 40 -> 5, 10, 20, 40, 80; EOT 2 -> 1, 2, 4."""
+  assert budget_curves.curve_budgets(40) == (5, 10, 20, 40, 80)
+  assert budget_curves.curve_budgets(1) == (1, 2)
+  defense, _, _ = _unit_inputs()
+  s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=40, n_eot=2)
+  unit = budget_curves.budget_unit("pgd_eot_full", s, defense, jax.random.key(0),
+                                   jax.random.key(1), 64, 0, 64)
+  assert unit.signature["steps"] == (5, 10, 20, 40, 80)
+  assert unit.signature["n_eot"] == (1, 2, 4)
+  # its cost: the 80-step trajectory at EOT 2 and 40-step runs at EOT 1 and 4
+  one = attacks_lib.purifications("pgd_eot_full", s, defense.restarts)
+  assert unit.work == pytest.approx(2 * one + one / 2 + 2 * one + 7 * defense.restarts)
 
 
 def _correct(accuracies, n=64):

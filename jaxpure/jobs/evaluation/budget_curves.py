@@ -1,8 +1,9 @@
 """The budget evaluator: robust accuracy of config.eval.budget_attack against its iteration
-budget and its EOT samples on the first config.eval.budget_examples examples, with the
-convergence check of each curve's last doubling; and the record of the automatic budget search
-(`budget.py`), which ran before the evaluation. Its section of the report: budget_search,
-budget_status and budget_curves."""
+budget and its EOT samples on the first config.eval.budget_examples examples, from a few
+halvings of the evaluated budget to one doubling past it, with the paired test of that last
+doubling (does twice the evaluated budget break more of these examples?); and the record of
+the automatic budget search (`budget.py`), which ran before the evaluation. Its section of the
+report: budget_search, budget_status and budget_curves."""
 
 import dataclasses
 
@@ -32,20 +33,29 @@ def halvings(budget: int, count: int = 4) -> tuple[int, ...]:
   return tuple(sorted({max(1, budget >> i) for i in range(count)}))
 
 
+def curve_budgets(budget: int) -> tuple[int, ...]:
+  """The budgets of a curve through the evaluated `budget`: its `halvings`, then twice it, so
+  that the curve's last doubling is the one beyond what was evaluated: 40 -> (5, 10, 20, 40,
+  80)."""
+  return halvings(budget) + (2 * budget,)
+
+
 def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, attack_key,
                 eval_key, batch_size: int, attack_seed: int, num_examples: int,
                 scoring_runs: int = 1) -> units_lib.Unit:
   """Robust accuracy of attack `name` against its iteration budget and its EOT samples, on the
-  first `num_examples` examples: the steps curve from one run's trajectory (`halvings` of
-  num_steps, at n_eot), the EOT curve from runs with fewer samples (`halvings` of n_eot, at
-  num_steps). Attack and scoring keys are those of the attack's own unit, so the full-budget
-  point is the attack's own result on these examples.
+  first `num_examples` examples: the steps curve from one run's trajectory (`curve_budgets` of
+  num_steps: halvings, the evaluated count and twice it, at n_eot), the EOT curve from runs
+  with other sample counts (`curve_budgets` of n_eot, at num_steps; the evaluated count is the
+  trajectory's point). Attack and scoring keys are those of the attack's own unit, so the
+  evaluated budget's point (second to last on both curves) is the attack's own result on these
+  examples, and each curve's last doubling asks whether twice the evaluated budget breaks more.
 
   Stores steps_correct [len(steps), runs, n] and eot_correct [len(eot), runs, n] (bool)."""
-  steps, eots = halvings(s.num_steps), halvings(s.n_eot)
-  per = lambda e: attacks_lib.purifications(name, dataclasses.replace(s, n_eot=e),  # noqa: E731
-                                            defense.restarts)
-  work = per(s.n_eot) + sum(per(e) for e in eots[:-1]) + (
+  steps, eots = curve_budgets(s.num_steps), curve_budgets(s.n_eot)
+  per = lambda **kw: attacks_lib.purifications(  # noqa: E731
+      name, dataclasses.replace(s, **kw), defense.restarts)
+  work = per(num_steps=steps[-1]) + sum(per(n_eot=e) for e in eots if e != s.n_eot) + (
       len(steps) + len(eots) - 1) * scoring_runs * defense.restarts
   signature = {"budget_of": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed,
                "steps": steps, "n_eot": eots, "scoring_runs": scoring_runs}
@@ -55,19 +65,25 @@ def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, atta
 
 
 def _curves_program(name, s, defense, steps, eots, attack_key, eval_key, scoring_runs: int):
-  """fn(params, batch, dynamic) -> {steps_correct, eot_correct} of `budget_unit`."""
+  """fn(params, batch, dynamic) -> {steps_correct, eot_correct} of `budget_unit`: the points
+  are the trajectory's (one per steps budget), then one run per other EOT count, in order."""
   a_key, s_key = (jax.random.fold_in(k, units_lib.tag(name)) for k in (attack_key, eval_key))
-  trajectory = attacks_lib.attack_trajectory(name, defense, s, steps)
-  fewer = [attacks_lib.attack_function(name, defense, dataclasses.replace(
+  trajectory = attacks_lib.attack_trajectory(
+      name, defense, dataclasses.replace(s, num_steps=steps[-1]), steps)
+  others = [e for e in eots if e != s.n_eot]
+  runs_at = [attacks_lib.attack_function(name, defense, dataclasses.replace(
       s, n_eot=e, eot_chunk=s.eot_chunk if s.eot_chunk and e % s.eot_chunk == 0 else 0))
-           for e in eots[:-1]]
+             for e in others]
+  evaluated = steps.index(s.num_steps)
+  # row of each EOT budget among the points: the evaluated count is the trajectory's point
+  eot_rows = [evaluated if e == s.n_eot else len(steps) + others.index(e) for e in eots]
 
   def fn(params, batch, dynamic):
     del dynamic
     x, y, index = batch["image"], batch["label"], batch["index"]
     keys = example_keys(a_key, index)
     points = trajectory(params, keys, x, y)  # [len(steps), B, H, W, C]
-    points = jnp.concatenate([points] + [f(params, keys, x, y)[None] for f in fewer])
+    points = jnp.concatenate([points] + [f(params, keys, x, y)[None] for f in runs_at])
     # every point x every scoring run through one copy of the defense: [points * runs, B]
     runs_keys = units_lib.scoring_keys(s_key, scoring_runs)
     k = points.shape[0]
@@ -75,9 +91,8 @@ def _curves_program(name, s, defense, steps, eots, attack_key, eval_key, scoring
     correct = units_lib.scoring_correct(defense, params, points, which, y, index,
                                         jnp.concatenate([runs_keys] * k)).reshape(
                                             (k, scoring_runs) + y.shape)
-    by_steps = correct[:len(steps)]
-    return {"steps_correct": by_steps,
-            "eot_correct": jnp.concatenate([correct[len(steps):], by_steps[-1:]])}
+    return {"steps_correct": correct[:len(steps)],
+            "eot_correct": correct[jnp.asarray(eot_rows)]}
   return fn
 
 
@@ -142,8 +157,9 @@ def not_converged(budgets, correct: np.ndarray, key: str,
 
 def budget_report(name: str, settings, steps, eots, steps_correct: np.ndarray,
                   eot_correct: np.ndarray, level: float = statistics.DEFAULT_LEVEL) -> dict:
-  """The budget curves of attack `name` (`budget_unit`) with their convergence check
-  (the paired test of each curve's last doubling, `not_converged`)."""
+  """The budget curves of attack `name` (`budget_unit`) with their convergence check: the
+  paired test of each curve's last doubling (`not_converged`), from the evaluated budget
+  (`settings`) to twice it when the curves are `curve_budgets` of it."""
   curves, tests, reasons = {}, {}, []
   for key, budgets, correct in (("num_steps", steps, steps_correct),
                                 ("n_eot", eots, eot_correct)):
