@@ -12,24 +12,17 @@ test (jaxpure.statistics.paired_budget_test) of "twice the budget breaks more ex
 writes the two reports under --output.
 
 Both evaluations keep their batches under OUTPUT/chosen/batches and OUTPUT/doubled/batches
-and reuse any stored batch of the same networks, examples and settings. When the checked
-evaluation itself ran on exactly --num_examples examples, copying its batches folder into
-OUTPUT/chosen/ (and OUTPUT/doubled/, for the attacks that are not doubled) first makes those
-units read, not recomputed:
-
-  python evaluate.py --config configs/digits_diffpure.py --workdir runs/digits_diffpure \
-      --attacks pgd_clf,bpda_eot,pgd_eot_full,apgd_eot,pgd_eot_inloop --num_examples 64
-  mkdir -p runs/check/chosen runs/check/doubled
-  cp -r runs/digits_diffpure/eval/batches runs/check/chosen/
-  cp -r runs/digits_diffpure/eval/batches runs/check/doubled/
-  python benchmarks/budget_doubling.py --config configs/digits_diffpure.py \
-      --workdir runs/digits_diffpure --report runs/digits_diffpure/eval/report.json \
-      --num_examples 64 --output runs/check
+and reuse any stored batch of the same networks, examples and settings. Before running, the
+check links the checked evaluation's stored batches (the `batches` folder beside --report)
+into both folders (hard links where the file system allows, copies otherwise; stored batches
+are never rewritten in place), so when that evaluation ran on exactly --num_examples examples
+its units are read, not recomputed, and only the doubled attacks run.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +35,33 @@ def budgets(report: dict) -> tuple[int, int]:
     return chosen["num_steps"], chosen["n_eot"]
   settings = report["attacks"]["pgd_eot_full"]["settings"]
   return settings["num_steps"], settings["n_eot"]
+
+
+def seed_batches(report_path: str, output: str) -> int:
+  """Links (or copies) every stored batch file beside `report_path` (its EVAL/batches) into
+  OUTPUT/chosen/batches and OUTPUT/doubled/batches, keeping files already there; returns how
+  many files were added. A stored unit is read only by an evaluation whose signature matches,
+  so batches of other settings or examples are inert."""
+  source = os.path.join(os.path.dirname(os.path.abspath(report_path)), "batches")
+  added = 0
+  if not os.path.isdir(source):
+    return 0
+  for which in ("chosen", "doubled"):
+    for folder, _, files in os.walk(source):
+      target = os.path.join(output, which, "batches", os.path.relpath(folder, source))
+      os.makedirs(target, exist_ok=True)
+      for name in files:
+        if name.endswith(".tmp") or name.endswith(".tmp.npz"):
+          continue  # a write in progress or one a killed run left
+        src, dst = os.path.join(folder, name), os.path.join(target, name)
+        if os.path.exists(dst):
+          continue
+        try:
+          os.link(src, dst)
+        except OSError:
+          shutil.copy2(src, dst)
+        added += 1
+  return added
 
 
 def run(config, workdir: str, attacks: list[str], num_examples: int, steps: int, n_eot: int,
@@ -94,6 +114,9 @@ def main(argv=None) -> int:
     return 2
   level = args.level if args.level is not None else config.eval.budget_level
   quiet = lambda s: None  # noqa: E731
+  seeded = seed_batches(args.report, args.output)
+  if seeded:
+    print(f"linked {seeded} stored batch files of the checked evaluation into {args.output}")
   chosen = run(config, args.workdir, attacks, args.num_examples, steps, n_eot,
                os.path.join(args.output, "chosen"), quiet)
   doubled = run(config, args.workdir, attacks, args.num_examples, 2 * steps, n_eot,

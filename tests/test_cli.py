@@ -321,6 +321,19 @@ def test_budget_doubling_check_reruns_the_chosen_budget_and_twice_it(trained_wor
   assert result["worst_case_chosen"] == pytest.approx(report["robust_accuracy_worst_case"])
   doubled = json.loads((out / "doubled" / "report.json").read_text())
   assert doubled["attacks"]["pgd_eot_full"]["settings"]["num_steps"] == 2 * steps
+  # The evaluation's stored batches were linked into the check's stores and read there, not
+  # recomputed (a recomputed batch is a new file): at the chosen budget every unit's, at
+  # twice it the blind attack's.
+  def batches(root):
+    return {p.relative_to(root) for p in (root / "batches").glob("*/*/*.npz")}
+  stored = batches(tmp_path / "eval")
+  assert {p.parts[1] for p in stored} >= {"clean", "pgd_clf", "pgd_eot_full"}
+  assert batches(out / "chosen") == stored  # nothing computed at the chosen budget
+  for p in stored:
+    assert os.path.samefile(tmp_path / "eval" / p, out / "chosen" / p), p
+  computed = batches(out / "doubled") - stored  # at twice it: only the doubled attack
+  assert computed and {p.parts[1] for p in computed} == {"pgd_eot_full"}
+  assert all(os.path.samefile(tmp_path / "eval" / p, out / "doubled" / p) for p in stored)
   # Budget curves are not part of the check: none even where the config asks for them.
   curves_config = _tiny_config()
   curves_config.eval.budget_examples = 8
