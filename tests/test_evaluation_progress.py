@@ -83,6 +83,32 @@ def test_only_a_run_with_stored_and_missing_batches_says_resuming(tmp_path, one_
   assert not [l for l in lines if "resum" in l], lines
 
 
+def test_a_unit_on_its_first_examples_is_shared_by_evaluations_of_more_examples(tmp_path):
+  """A unit on its first k examples (the budget curves) is stored under k, not under the
+  evaluation's count: an evaluation of more examples reads it, one of fewer than k (other
+  examples) computes it, and a unit over all examples is never shared across counts."""
+  def runner(n, computed):
+    return units_lib.Runner({}, data.open_split("digits", "test"), n, parallel.make_mesh(),
+                            store_lib.BatchStore(str(tmp_path / "batches"), lambda s: None),
+                            {"num_examples": n}, print_fn=lambda s: None,
+                            after_batch=lambda unit, batch: computed.append(unit))
+  first8 = lambda: units_lib.Unit("first8", lambda p, b, d: {"i": b["index"]}, 10,  # noqa: E731
+                                  {"unit": "first8"}, num_examples=8)
+  every = lambda: _unit("every", 1.0)  # noqa: E731
+  computed = []
+  runner(20, computed).run(first8())
+  runner(20, computed).run(every())
+  assert computed == ["first8", "every", "every"]
+  computed = []
+  more = runner(24, computed)
+  assert [r["i"].tolist() for r in more.run(first8())] == [list(range(8))]
+  more.run(every())
+  assert computed == ["every", "every"]  # first8 read, every recomputed for 24 examples
+  computed = []
+  assert [r["i"].tolist() for r in runner(6, computed).run(first8())] == [list(range(6))]
+  assert computed == ["first8"]
+
+
 def test_units_without_a_plan_show_no_overall_eta(tmp_path, one_second_batches):
   lines, etas = [], []
   _runner(tmp_path, lines, etas).run(_unit("a", 1.0))

@@ -195,7 +195,10 @@ class Runner:
     return sub
 
   def _signature(self, unit: Unit, batch_size: int) -> dict:
-    return dict(self.shared, batch_size=batch_size, **unit.signature)
+    # A unit on its own first examples depends on those, not on how many the evaluation
+    # reports: a 256-example evaluation reads the 64-example budget curves of a 64-example one.
+    shared = dict(self.shared, num_examples=self._n(unit)) if unit.num_examples else self.shared
+    return dict(shared, batch_size=batch_size, **unit.signature)
 
   def plan(self, units: list[Unit]) -> None:
     """Announces the units to run (for the overall ETA) and says how many stored batches an
