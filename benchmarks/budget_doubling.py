@@ -37,15 +37,28 @@ def budgets(report: dict) -> tuple[int, int]:
   return settings["num_steps"], settings["n_eot"]
 
 
+def batches_beside(report_path: str) -> str:
+  """The stored batches of the evaluation that wrote `report_path`: EVAL/batches for
+  EVAL/report.json and for EVAL/reports/report_<hash>.json."""
+  folder = os.path.dirname(os.path.abspath(report_path))
+  if os.path.basename(folder) == "reports":
+    folder = os.path.dirname(folder)
+  return os.path.join(folder, "batches")
+
+
 def seed_batches(report_path: str, output: str) -> int:
-  """Links (or copies) every stored batch file beside `report_path` (its EVAL/batches) into
-  OUTPUT/chosen/batches and OUTPUT/doubled/batches, keeping files already there; returns how
-  many files were added. A stored unit is read only by an evaluation whose signature matches,
-  so batches of other settings or examples are inert."""
-  source = os.path.join(os.path.dirname(os.path.abspath(report_path)), "batches")
-  added = 0
+  """Links (or, across file systems, copies) every stored batch file of the evaluation that
+  wrote `report_path` into OUTPUT/chosen/batches and OUTPUT/doubled/batches, keeping files
+  already there; returns how many files were added. A stored unit is read only by an
+  evaluation whose signature matches, so batches of other settings or examples are inert, and
+  the store never rewrites a file in place (it writes a new one and renames it), so the links
+  stay independent. Raises ValueError when OUTPUT lies inside those batches."""
+  source = batches_beside(report_path)
   if not os.path.isdir(source):
     return 0
+  if os.path.commonpath([source, os.path.abspath(output)]) == source:
+    raise ValueError(f"--output {output} lies inside the checked evaluation's batches {source}")
+  added = 0
   for which in ("chosen", "doubled"):
     for folder, _, files in os.walk(source):
       target = os.path.join(output, which, "batches", os.path.relpath(folder, source))
@@ -59,7 +72,9 @@ def seed_batches(report_path: str, output: str) -> int:
         try:
           os.link(src, dst)
         except OSError:
-          shutil.copy2(src, dst)
+          tmp = dst + ".tmp"  # a stopped copy never leaves a short file under the real name
+          shutil.copy2(src, tmp)
+          os.replace(tmp, dst)
         added += 1
   return added
 
@@ -114,9 +129,15 @@ def main(argv=None) -> int:
     return 2
   level = args.level if args.level is not None else config.eval.budget_level
   quiet = lambda s: None  # noqa: E731
-  seeded = seed_batches(args.report, args.output)
-  if seeded:
-    print(f"linked {seeded} stored batch files of the checked evaluation into {args.output}")
+  try:
+    seeded = seed_batches(args.report, args.output)
+  except (OSError, ValueError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  source = batches_beside(args.report)
+  print(f"seeded {args.output} with {seeded} new stored batch files of the checked evaluation "
+        f"({source})" if os.path.isdir(source) else
+        f"no stored batches of the checked evaluation at {source}: both budgets are computed")
   chosen = run(config, args.workdir, attacks, args.num_examples, steps, n_eot,
                os.path.join(args.output, "chosen"), quiet)
   doubled = run(config, args.workdir, attacks, args.num_examples, 2 * steps, n_eot,

@@ -294,6 +294,35 @@ def _assert_worst_case_is_the_stored_runs(report, eval_dir, attacks):
       name: int((r.mean(0) < 0.5).sum()) for name, r in runs.items()}
 
 
+def test_budget_doubling_seeds_its_stores_with_the_checked_evaluation_s_batches(tmp_path):
+  """Every stored file beside the report (EVAL/report.json or EVAL/reports/report_*.json) is
+  linked into both of the check's stores, files already there are kept, unfinished writes are
+  skipped, and an output inside the batches is refused."""
+  from benchmarks import budget_doubling
+  unit = tmp_path / "eval" / "batches" / "pgd_eot_full" / "abc"
+  unit.mkdir(parents=True)
+  for name, text in (("unit.json", "{}"), ("00000.npz", "a"), ("00001.npz", "b"),
+                     ("00002.npz.tmp.npz", "c")):
+    (unit / name).write_text(text)
+  (tmp_path / "eval" / "reports").mkdir()
+  kept = tmp_path / "check" / "doubled" / "batches" / "pgd_eot_full" / "abc" / "00000.npz"
+  kept.parent.mkdir(parents=True)
+  kept.write_text("mine")
+  report = tmp_path / "eval" / "reports" / "report_x.json"
+  assert budget_doubling.seed_batches(str(report), str(tmp_path / "check")) == 5
+  for which in ("chosen", "doubled"):
+    there = tmp_path / "check" / which / "batches" / "pgd_eot_full" / "abc"
+    assert sorted(p.name for p in there.iterdir()) == ["00000.npz", "00001.npz", "unit.json"]
+    assert os.path.samefile(there / "00001.npz", unit / "00001.npz")
+  assert kept.read_text() == "mine"
+  assert budget_doubling.seed_batches(str(tmp_path / "eval" / "report.json"),
+                                      str(tmp_path / "check")) == 0  # all there already
+  assert budget_doubling.seed_batches(str(tmp_path / "nowhere" / "report.json"),
+                                      str(tmp_path / "check")) == 0
+  with pytest.raises(ValueError, match="inside"):
+    budget_doubling.seed_batches(str(report), str(unit.parent / "check"))
+
+
 @pytest.mark.slow  # three evaluations with exact-gradient attacks
 def test_budget_doubling_check_reruns_the_chosen_budget_and_twice_it(trained_workdir, tmp_path):
   """benchmarks/budget_doubling.py: at the chosen budget it reproduces the evaluation's own

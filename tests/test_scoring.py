@@ -135,6 +135,8 @@ def test_each_budget_curve_row_is_the_attack_at_that_budget():
     np.testing.assert_array_equal(np.asarray(row), np.asarray(units.run_unit(
         other, params, batch)["defended_correct"]))
   assert not np.array_equal(np.asarray(curves["steps_correct"][0]), np.asarray(whole))
+  assert not np.array_equal(np.asarray(curves["eot_correct"][0]),
+                            np.asarray(curves["eot_correct"][2]))
 
 
 def test_budget_curves_run_from_halvings_of_the_evaluated_budget_to_twice_it():
@@ -152,6 +154,26 @@ def test_budget_curves_run_from_halvings_of_the_evaluated_budget_to_twice_it():
   # its cost: the 80-step trajectory at EOT 2 and 40-step runs at EOT 1 and 4
   one = attacks_lib.purifications("pgd_eot_full", s, defense.restarts)
   assert unit.work == pytest.approx(2 * one + one / 2 + 2 * one + 7 * defense.restarts)
+  # the points' layout: trajectory points 5, 10, 20, 40, 80 (rows 0-4), then the 40-step runs
+  # at EOT 1 and 4 (rows 5, 6); EOT 2 is the trajectory's point at 40 steps
+  assert budget_curves.curve_points(40, 2) == budget_curves.CurvePoints(
+      (5, 10, 20, 40, 80), (1, 2, 4), (1, 4), (5, 3, 6))
+  assert budget_curves.curve_points(1, 1) == budget_curves.CurvePoints((1, 2), (1, 2), (2,),
+                                                                        (0, 2))
+  assert budget_curves.curve_points(3, 8).eot_rows == (3, 4, 5, 1, 6)  # EOT 1, 2, 4, 8, 16
+
+
+def test_budget_curves_differentiate_eot_samples_as_the_attack_does():
+  """The other EOT counts' runs are chunked as the evaluated attack (a chunk dividing each
+  count, never larger): n_eot 20 in chunks of 4 gives curves at 2, 5, 10, 20, 40 (an
+  evaluation that fits memory at 20 fits at each); unchunked stays unchunked."""
+  defense, _, _ = _unit_inputs()
+  s = attacks_lib.AttackSettings(eps=0.3, step_size=0.1, num_steps=10, n_eot=20, eot_chunk=4)
+  assert [budget_curves.at_eot(s, e).eot_chunk for e in (2, 5, 10, 40)] == [2, 1, 2, 4]
+  assert budget_curves.at_eot(attacks_lib.AttackSettings(n_eot=2), 4).eot_chunk == 0
+  unit = budget_curves.budget_unit("pgd_eot_full", s, defense, jax.random.key(0),
+                                   jax.random.key(1), 64, 0, 64)
+  assert unit.signature["n_eot"] == (2, 5, 10, 20, 40)
 
 
 def _correct(accuracies, n=64):

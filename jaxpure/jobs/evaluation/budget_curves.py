@@ -6,6 +6,7 @@ the automatic budget search (`budget.py`), which ran before the evaluation. Its 
 report: budget_search, budget_status and budget_curves."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -40,43 +41,67 @@ def curve_budgets(budget: int) -> tuple[int, ...]:
   return halvings(budget) + (2 * budget,)
 
 
+def at_eot(s: attacks_lib.AttackSettings, n_eot: int) -> attacks_lib.AttackSettings:
+  """The settings `s` at n_eot samples per gradient, differentiated at most s.eot_chunk at a
+  time as the evaluated attack is (the largest divisor of n_eot not above it; all at once
+  when s.eot_chunk is 0)."""
+  return dataclasses.replace(s, n_eot=n_eot,
+                             eot_chunk=math.gcd(n_eot, s.eot_chunk) if s.eot_chunk else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvePoints:
+  """What the budget unit runs for an evaluated budget (num_steps N, n_eot E): steps
+  `curve_budgets`(N), all points of one 2N-step trajectory at E; eots `curve_budgets`(E);
+  other_eots the EOT counts run separately at N steps (all but E), in order; eot_rows the row
+  of each EOT budget among the points [trajectory's..., other runs'...] (E's is the
+  trajectory's point at N)."""
+  steps: tuple[int, ...]
+  eots: tuple[int, ...]
+  other_eots: tuple[int, ...]
+  eot_rows: tuple[int, ...]
+
+
+def curve_points(num_steps: int, n_eot: int) -> CurvePoints:
+  steps, eots = curve_budgets(num_steps), curve_budgets(n_eot)
+  others = tuple(e for e in eots if e != n_eot)
+  rows = tuple(steps.index(num_steps) if e == n_eot else len(steps) + others.index(e)
+               for e in eots)
+  return CurvePoints(steps, eots, others, rows)
+
+
 def budget_unit(name: str, s: attacks_lib.AttackSettings, defense: Defense, attack_key,
                 eval_key, batch_size: int, attack_seed: int, num_examples: int,
                 scoring_runs: int = 1) -> units_lib.Unit:
   """Robust accuracy of attack `name` against its iteration budget and its EOT samples, on the
   first `num_examples` examples: the steps curve from one run's trajectory (`curve_budgets` of
   num_steps: halvings, the evaluated count and twice it, at n_eot), the EOT curve from runs
-  with other sample counts (`curve_budgets` of n_eot, at num_steps; the evaluated count is the
-  trajectory's point). Attack and scoring keys are those of the attack's own unit, so the
-  evaluated budget's point (second to last on both curves) is the attack's own result on these
-  examples, and each curve's last doubling asks whether twice the evaluated budget breaks more.
+  with other sample counts (`curve_budgets` of n_eot, at num_steps, `at_eot`; the evaluated
+  count is the trajectory's point). Attack and scoring keys are those of the attack's own
+  unit, so the evaluated budget's point (second to last on both curves) is the attack's own
+  result on these examples, and each curve's last doubling asks whether twice the evaluated
+  budget breaks more.
 
   Stores steps_correct [len(steps), runs, n] and eot_correct [len(eot), runs, n] (bool)."""
-  steps, eots = curve_budgets(s.num_steps), curve_budgets(s.n_eot)
-  per = lambda **kw: attacks_lib.purifications(  # noqa: E731
-      name, dataclasses.replace(s, **kw), defense.restarts)
-  work = per(num_steps=steps[-1]) + sum(per(n_eot=e) for e in eots if e != s.n_eot) + (
-      len(steps) + len(eots) - 1) * scoring_runs * defense.restarts
+  p = curve_points(s.num_steps, s.n_eot)
+  per = lambda t: attacks_lib.purifications(name, t, defense.restarts)  # noqa: E731
+  work = per(dataclasses.replace(s, num_steps=p.steps[-1])) + sum(
+      per(at_eot(s, e)) for e in p.other_eots) + (
+          len(p.steps) + len(p.other_eots)) * scoring_runs * defense.restarts
   signature = {"budget_of": name, "settings": dataclasses.asdict(s), "attack_seed": attack_seed,
-               "steps": steps, "n_eot": eots, "scoring_runs": scoring_runs}
-  fn = _curves_program(name, s, defense, steps, eots, attack_key, eval_key, scoring_runs)
+               "steps": p.steps, "n_eot": p.eots, "scoring_runs": scoring_runs}
+  fn = _curves_program(name, s, defense, p, attack_key, eval_key, scoring_runs)
   return units_lib.Unit(f"budget_{name}", fn, batch_size, signature, work=work,
                         num_examples=num_examples)
 
 
-def _curves_program(name, s, defense, steps, eots, attack_key, eval_key, scoring_runs: int):
+def _curves_program(name, s, defense, p: CurvePoints, attack_key, eval_key, scoring_runs: int):
   """fn(params, batch, dynamic) -> {steps_correct, eot_correct} of `budget_unit`: the points
   are the trajectory's (one per steps budget), then one run per other EOT count, in order."""
   a_key, s_key = (jax.random.fold_in(k, units_lib.tag(name)) for k in (attack_key, eval_key))
   trajectory = attacks_lib.attack_trajectory(
-      name, defense, dataclasses.replace(s, num_steps=steps[-1]), steps)
-  others = [e for e in eots if e != s.n_eot]
-  runs_at = [attacks_lib.attack_function(name, defense, dataclasses.replace(
-      s, n_eot=e, eot_chunk=s.eot_chunk if s.eot_chunk and e % s.eot_chunk == 0 else 0))
-             for e in others]
-  evaluated = steps.index(s.num_steps)
-  # row of each EOT budget among the points: the evaluated count is the trajectory's point
-  eot_rows = [evaluated if e == s.n_eot else len(steps) + others.index(e) for e in eots]
+      name, defense, dataclasses.replace(s, num_steps=p.steps[-1]), p.steps)
+  runs_at = [attacks_lib.attack_function(name, defense, at_eot(s, e)) for e in p.other_eots]
 
   def fn(params, batch, dynamic):
     del dynamic
@@ -91,8 +116,8 @@ def _curves_program(name, s, defense, steps, eots, attack_key, eval_key, scoring
     correct = units_lib.scoring_correct(defense, params, points, which, y, index,
                                         jnp.concatenate([runs_keys] * k)).reshape(
                                             (k, scoring_runs) + y.shape)
-    return {"steps_correct": correct[:len(steps)],
-            "eot_correct": correct[jnp.asarray(eot_rows)]}
+    return {"steps_correct": correct[:len(p.steps)],
+            "eot_correct": correct[jnp.asarray(p.eot_rows)]}
   return fn
 
 
