@@ -210,6 +210,23 @@ MUTATIONS = (
     Mutation("binomial standard error over n - 1", STATS,
              "max(p * (1 - p), 0.0) / max(n, 1)", "max(p * (1 - p), 0.0) / max(n - 1, 1)",
              (T_REPORT + "::test_standard_error_is_the_binomial_formula",)),
+    Mutation("budget curves: no doubling past the evaluated budget",
+             "jaxpure/jobs/evaluation/budget_curves.py",
+             "return halvings(budget) + (2 * budget,)", "return halvings(budget)",
+             ("tests/test_scoring.py::test_budget_curves_run_from_halvings_of_the_evaluated_"
+              "budget_to_twice_it",)),
+    Mutation("budget curves: the evaluated EOT count's row is the trajectory's last point",
+             "jaxpure/jobs/evaluation/budget_curves.py",
+             "rows = tuple(steps.index(num_steps) if e == n_eot",
+             "rows = tuple(len(steps) - 1 if e == n_eot",
+             ("tests/test_scoring.py::test_budget_curves_run_from_halvings_of_the_evaluated_"
+              "budget_to_twice_it",)),
+    Mutation("store: a unit on its first k examples keyed on the evaluation's count",
+             "jaxpure/jobs/evaluation/units.py",
+             "shared = dict(self.shared, num_examples=self._n(unit)) if unit.num_examples "
+             "else self.shared", "shared = self.shared",
+             ("tests/test_evaluation_progress.py::test_a_unit_on_its_first_examples_is_shared_"
+              "by_evaluations_of_more_examples",)),
     # --------------------------------------------------------------- checkpoints, importers
     Mutation("checkpoint: checksum compared with itself", "jaxpure/checkpoint.py",
              "found = tree_digest(value) if str(key) in saved else None",
